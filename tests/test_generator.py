@@ -1,0 +1,70 @@
+"""The procedural program generator (`cadrecode_nb.data`, generator part) against the CAD kernel.
+
+The main test executes 1,000 generated programs in the sandbox, in the dataset's strict mode (exactly one valid solid,
+watertight tessellation) at the dataset's coarse tessellation, and needs >= 90 % valid. About a minute on a quiet
+2-core machine (most of it CadQuery); run with `-s` to see the status counts and timings it prints.
+"""
+import hashlib, os, subprocess, sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from cadrecode_nb.data import (EXAMPLE_PROGRAMS, GENERATOR_VERSION, canonical_program, generate_programs,
+                               program_features, program_numbers)
+from cadrecode_nb.sandbox import run_programs
+
+SEED, N = 0, 1000
+DATASET_TESSELLATION = dict(tolerance=0.05, angular_tolerance=0.2)
+
+
+@pytest.fixture(scope='module')
+def programs(): return generate_programs(SEED, N)
+
+
+def test_same_bytes_in_a_fresh_process(programs):
+    "A second generation, in another interpreter with another hash seed, gives the same bytes."
+    snippet = (f'import hashlib; from cadrecode_nb.data import generate_programs; '
+               f'c = generate_programs({SEED}, {N}); print(hashlib.sha256(chr(10).join(c).encode()).hexdigest())')
+    env = {**os.environ, 'PYTHONHASHSEED': '12345'}
+    out = subprocess.run([sys.executable, '-c', snippet], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == hashlib.sha256('\n'.join(programs).encode()).hexdigest()
+
+
+def test_slices_and_seeds(programs):
+    assert generate_programs(SEED, 5, start=N - 5) == programs[-5:]   # program i does not depend on n
+    assert not set(generate_programs(SEED + 1, 50)) & set(programs)  # another seed, other programs
+
+
+def test_no_exact_duplicates(programs):
+    assert len({canonical_program(c) for c in programs}) == N
+
+
+def test_numbers_and_shape_of_text(programs):
+    for c in programs:
+        nums = program_numbers(c)
+        assert all(2 * v == int(2 * v) for v, _ in nums), c
+        assert all(-100 <= v <= 100 for v, is_coord in nums if is_coord), c
+        lines = c.splitlines()
+        assert lines[0] == 'import cadquery as cq' and lines[-1].startswith('r=') and canonical_program(c) == c
+    chars = np.array([len(c) for c in programs])
+    assert np.mean(chars < 600) > 0.85, np.percentile(chars, [50, 90, 99])
+
+
+def test_features_of_the_reference_examples():
+    f = program_features(EXAMPLE_PROGRAMS[0])
+    assert (f['n_workplanes'], f['n_bodies'], f['n_holes'], f['n_arcs'], f['coord_min'], f['coord_max']) == (2, 2, 1, 1, -60, 55)
+    with pytest.raises(ValueError, match='not a Python program'): program_features('r=cq.Workplane(')
+
+
+def test_thousand_programs_are_valid_solids(programs):
+    res = run_programs(programs, n_workers=2, strict=True, **DATASET_TESSELLATION)
+    status = Counter(r.status for r in res)
+    secs = np.array([r.seconds for r in res if r.ok])
+    print(f'\ngenerator {GENERATOR_VERSION}: {dict(status)}; valid {status["ok"] / N:.1%}; seconds per valid program '
+          f'(wall, in the worker): median {np.median(secs) * 1000:.0f} ms, mean {secs.mean() * 1000:.0f} ms, '
+          f'p90 {np.percentile(secs, 90) * 1000:.0f} ms')
+    for c, r in zip(programs, res):
+        if not r.ok: print(r.status, r.message[:120], '\n', c)
+    assert status['ok'] >= 0.9 * N, status

@@ -13,8 +13,8 @@ for cell in nb['cells']:
     lines = src.splitlines()
     flags = {m.group(1).strip() for l in lines if (m := directive.match(l))}
     if 'hide' in flags: continue
-    if cell['cell_type'] == 'markdown':
-        parts.append(src.strip())
+    if cell['cell_type'] == 'markdown':   # images are relative to nbs/ in the notebook, to the root in README.md
+        parts.append(re.sub(r'(!\[[^\]]*\]\()(?!https?://|/)', r'\1nbs/', src.strip()))
         continue
     code = '\n'.join(l for l in lines if not directive.match(l)).strip()
     if code and 'echo: false' not in flags: parts.append(f'```python\n{code}\n```')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #2d004f87
 from __future__ import annotations
-import argparse, ast, dataclasses, hashlib, importlib, io, json, math, os, re, tempfile, time, warnings, zipfile
+import argparse, ast, dataclasses, hashlib, importlib, io, itertools, json, math, os, re, tempfile, time, warnings, zipfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -1036,13 +1036,23 @@ class CADRecodeDataset(torch.utils.data.Dataset):
 
 # %% ../nbs/00_data.ipynb #5ec1b76e
 class PointCodeCollator:
-    "Collate dict(points, code) items into input_ids, attention_mask, labels and points for `CADRecode`."
+    "Collate dict(points, code) items into input_ids, attention_mask, labels and points for `CADRecode` (padded or packed)."
     def __init__(self, tokenizer, n_points:int=N_POINTS, noise_p:float=0.0, noise_std:float=0.01,
-                 max_code_tokens:int|None=None, generator:torch.Generator|None=None):
+                 max_code_tokens:int|None=None, generator:torch.Generator|None=None,
+                 pack:bool=False, # one row holding every sample, with position_ids and cu_seq_lens, instead of padded rows
+                ):
         self.tokenizer, self.n_points, self.noise_p, self.noise_std = tokenizer, n_points, noise_p, noise_std
-        self.max_code_tokens, self.generator = max_code_tokens, generator
+        self.max_code_tokens, self.generator, self.pack = max_code_tokens, generator, pack
         self.start_id, self.end_id = (tokenizer.convert_tokens_to_ids(t) for t in (START_TOKEN, END_TOKEN))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
+
+    def _sample(self, code_ids:list) -> tuple[torch.Tensor, torch.Tensor]:
+        "ids and labels of one sample: [point slots][START][code][END], labels on code and END."
+        P, n = self.n_points, len(code_ids)
+        ids = torch.tensor([self.pad_id] * P + [self.start_id] + code_ids + [self.end_id], dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        labels[P + 1:] = ids[P + 1:]
+        return ids, labels
 
     def __call__(self, items:Sequence[dict]) -> dict:
         codes = [it['code'] for it in items]
@@ -1051,21 +1061,29 @@ class PointCodeCollator:
             if self.max_code_tokens is not None and len(t) > self.max_code_tokens:
                 raise ValueError(f"item {items[i].get('index', i)}: program has {len(t)} tokens, more than "
                                  f"max_code_tokens={self.max_code_tokens}: {codes[i][:80]!r}...")
-        P, B = self.n_points, len(items)
-        L = P + 2 + max(map(len, tokens))
-        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        labels = torch.full((B, L), -100, dtype=torch.long)
-        attention_mask = torch.zeros((B, L), dtype=torch.long)
-        for r, t in enumerate(tokens):
-            code_end = P + 1 + len(t)                              # position of END
-            input_ids[r, P] = self.start_id
-            input_ids[r, P + 1:code_end] = torch.tensor(t, dtype=torch.long)
-            input_ids[r, code_end] = self.end_id
-            labels[r, P + 1:code_end + 1] = input_ids[r, P + 1:code_end + 1]
-            attention_mask[r, :code_end + 1] = 1
         points = torch.stack([torch.as_tensor(np.asarray(it['points']), dtype=torch.float32) for it in items])
+        return self.collate_ids(tokens, points)
+
+    def collate_ids(self, tokens:Sequence[list], # the code token ids of each sample (no special tokens)
+                    points:torch.Tensor,         # (B, N, 3) their point clouds
+                   ) -> dict:
+        "The batch for programs already tokenised (benchmarks use it with random ids)."
+        P = self.n_points
         if points.shape[1:] != (P, 3): raise ValueError(f"points must be ({P}, 3) per item, got {tuple(points.shape[1:])}")
         if self.noise_p > 0: points = add_point_noise(points, self.noise_p, self.noise_std, self.generator)
+        samples = [self._sample(t) for t in tokens]
+        lengths = [len(ids) for ids, _ in samples]
+        if self.pack:
+            return dict(input_ids=torch.cat([ids for ids, _ in samples])[None], labels=torch.cat([l for _, l in samples])[None],
+                        position_ids=torch.cat([torch.arange(n) for n in lengths])[None], points=points,
+                        cu_seq_lens=torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32),
+                        max_length=max(lengths))
+        L = max(lengths)
+        input_ids = torch.full((len(tokens), L), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(tokens), L), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(tokens), L), dtype=torch.long)
+        for r, ((ids, lab), n) in enumerate(zip(samples, lengths)):
+            input_ids[r, :n], labels[r, :n], attention_mask[r, :n] = ids, lab, 1
         return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, points=points)
 
 # %% ../nbs/00_data.ipynb #71ee0e8c

@@ -4,19 +4,22 @@
 
 # %% ../nbs/02_model.ipynb #0bbf6ed7
 from __future__ import annotations
+import inspect
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from .projector import FourierPointEncoder
 from .data import START_TOKEN, END_TOKEN
 
 # %% auto #0
-__all__ = ['tiny_config', 'qwen2_1_5b_config', 'CADRecode', 'prompt_embeds', 'generate_token_ids', 'generate_greedy_uncached',
-           'decode_programs', 'generate_programs']
+__all__ = ['PACKED_ATTENTION', 'tiny_config', 'qwen2_1_5b_config', 'CADRecode', 'LinearCrossEntropy', 'linear_cross_entropy',
+           'packed_attention', 'use_attention', 'check_packed_inputs', 'prompt_embeds', 'generate_token_ids',
+           'generate_greedy_uncached', 'decode_programs', 'generate_programs']
 
 # %% ../nbs/02_model.ipynb #a384a55f
 def tiny_config(vocab_size: int, # size of the tokenizer's vocabulary
@@ -62,22 +65,71 @@ def embed_inputs(self: CADRecode,
                  input_ids: torch.LongTensor | None = None,     # (B, L) token ids; point slots hold pad ids
                  points: torch.Tensor | None = None,            # (B, N, 3); replaces the first N positions
                  inputs_embeds: torch.Tensor | None = None,     # (B, L, H) instead of `input_ids`
+                 point_starts: torch.Tensor | None = None,      # (B,) where each cloud's N slots start in a packed (1, L) row
                 ) -> torch.Tensor:                              # (B, L, H) in the LLM's dtype
-    "Token embeddings of the sequence with its first `points.shape[1]` positions replaced by the projected points."
+    "Token embeddings of the sequence with its point slots replaced by the projected points."
     if inputs_embeds is None: inputs_embeds = self.get_input_embeddings()(input_ids)
     if points is None: return inputs_embeds
-    if points.ndim != 3 or points.shape[-1] != 3 or points.shape[0] != inputs_embeds.shape[0]:
-        raise ValueError(f"points must have shape (B, N, 3) with B={inputs_embeds.shape[0]}, got {tuple(points.shape)}")
-    n = points.shape[1]
-    if inputs_embeds.shape[1] < n:
-        raise ValueError(f"sequence of length {inputs_embeds.shape[1]} is shorter than its {n} point slots")
-    point_embeds = self.point_encoder(points, dtype=inputs_embeds.dtype)
-    return torch.cat([point_embeds, inputs_embeds[:, n:]], dim=1)
+    if points.ndim != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points must have shape (B, N, 3), got {tuple(points.shape)}")
+    n, point_embeds = points.shape[1], self.point_encoder(points, dtype=inputs_embeds.dtype)
+    if point_starts is None:
+        if points.shape[0] != inputs_embeds.shape[0]:
+            raise ValueError(f"points must have shape (B, N, 3) with B={inputs_embeds.shape[0]}, got {tuple(points.shape)}")
+        if inputs_embeds.shape[1] < n:
+            raise ValueError(f"sequence of length {inputs_embeds.shape[1]} is shorter than its {n} point slots")
+        return torch.cat([point_embeds, inputs_embeds[:, n:]], dim=1)
+    if inputs_embeds.shape[0] != 1: raise ValueError(f"a packed batch is one row, got {inputs_embeds.shape[0]} rows")
+    if len(point_starts) != points.shape[0]:
+        raise ValueError(f"{len(point_starts)} point_starts for {points.shape[0]} point clouds")
+    slots = (point_starts.to(inputs_embeds.device)[:, None] + torch.arange(n, device=inputs_embeds.device)).flatten()
+    if slots.max() >= inputs_embeds.shape[1]:
+        raise ValueError(f"point slots reach position {int(slots.max())} of a row of length {inputs_embeds.shape[1]}")
+    return inputs_embeds.index_put((torch.zeros_like(slots), slots), point_embeds.flatten(0, 1))
 
 # %% ../nbs/02_model.ipynb #5cced6bd
-def _chunk_nll_sum(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    "Summed float32 cross-entropy of `lm_head(hidden)` against `targets`."
-    return F.cross_entropy(lm_head(hidden).float(), targets, reduction='sum')
+class LinearCrossEntropy(torch.autograd.Function):
+    "Summed cross-entropy of `hidden @ weight.T` against `targets`, chunk by chunk, with its gradients made in the forward."
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size:int, compute_dtype:torch.dtype):
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        w, total = weight.to(compute_dtype), hidden.new_zeros((), dtype=torch.float32)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i in range(0, len(targets), chunk_size):
+                h, t = hidden[i:i + chunk_size].to(compute_dtype), targets[i:i + chunk_size]
+                z = (h @ w.T).float()
+                lse = torch.logsumexp(z, dim=-1)
+                total += (lse - z.gather(1, t[:, None])[:, 0]).sum()
+                g = z.sub_(lse[:, None]).exp_()                # softmax, in the logits' memory
+                g[torch.arange(len(t), device=g.device), t] -= 1   # d loss / d logits
+                g = g.to(compute_dtype)
+                grad_hidden[i:i + chunk_size] = g @ w
+                if grad_weight is not None: grad_weight += (g.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_total, None if grad_weight is None else grad_weight * grad_total, None, None, None)
+
+def linear_cross_entropy(hidden: torch.Tensor,      # (N, H) rows that predict something
+                         weight: torch.Tensor,      # (V, H) the LM head's weight
+                         targets: torch.LongTensor, # (N,) token ids
+                         chunk_size: int = 2048,    # rows of logits alive at once
+                        ) -> torch.Tensor:          # scalar float32: the summed NLL
+    "Summed float32 cross-entropy of the LM head's logits, never holding more than `chunk_size` rows of them."
+    dev = hidden.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, dtype)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    with torch.autocast(dev, enabled=False):
+        for i in range(0, len(targets), chunk_size):
+            z = (hidden[i:i + chunk_size].to(dtype) @ weight.to(dtype).T).float()
+            total += F.cross_entropy(z, targets[i:i + chunk_size], reduction='sum')
+    return total
 
 # %% ../nbs/02_model.ipynb #dfb80524
 @patch
@@ -86,16 +138,12 @@ def label_loss(self: CADRecode,
                labels: torch.LongTensor,            # (B, L) token ids, -100 where nothing is predicted
                num_items_in_batch: int | torch.Tensor | None = None,  # divide by this instead of the label count
               ) -> torch.Tensor:                    # scalar float32
-    "Mean next-token NLL over labelled positions, with the LM head applied only to those rows, in chunks."
+    "Mean next-token NLL over labelled positions, with the LM head applied only to those rows, fused and chunked."
+    if self.lm_head.bias is not None: raise ValueError("label_loss expects an LM head without bias, as Qwen2's")
     targets = labels[:, 1:]
     keep = targets != -100
     rows, targets = hidden[:, :-1][keep], targets[keep]
-    chunk, total = self.loss_chunk_size, hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, len(targets), chunk):
-        h, t = rows[i:i + chunk], targets[i:i + chunk]
-        if torch.is_grad_enabled() and len(targets) > chunk:   # recompute this chunk's logits in backward
-            total = total + checkpoint(_chunk_nll_sum, self.lm_head, h, t, use_reentrant=False)
-        else: total = total + _chunk_nll_sum(self.lm_head, h, t)
+    total = linear_cross_entropy(rows, self.lm_head.weight, targets, self.loss_chunk_size)
     denom = len(targets) if num_items_in_batch is None else num_items_in_batch
     return total / max(denom, 1)
 
@@ -113,10 +161,19 @@ def forward(self: CADRecode,
             logits_to_keep: int | torch.Tensor = 0,           # last positions to compute logits for (0 = all)
             return_logits: bool = False,                      # also compute logits when `labels` are given
             num_items_in_batch: int | torch.Tensor | None = None,  # loss denominator for gradient accumulation
+            cu_seq_lens: torch.Tensor | None = None,          # packed batch: (B+1,) sample boundaries in the one row
+            max_length: int | None = None,                    # packed batch: the longest sample
             **kwargs) -> CausalLMOutputWithPast:
     "Embed tokens and points, run Qwen2, and return the code-token loss and/or the logits."
-    first_pass = past_key_values is None or past_key_values.get_seq_length() == 0
-    inputs_embeds = self.embed_inputs(input_ids, points if first_pass else None, inputs_embeds)
+    point_starts = None
+    if cu_seq_lens is not None:
+        check_packed_inputs(self, cu_seq_lens, max_length, attention_mask, past_key_values, position_ids)
+        kwargs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length)
+        attention_mask = dict(full_attention=None, sliding_attention=None)   # the attention reads cu_seq_lens instead
+        point_starts = cu_seq_lens[:-1]
+    if labels is not None and use_cache is None: use_cache = False   # training: no KV cache
+    first_pass = points is not None and (past_key_values is None or past_key_values.get_seq_length() == 0)
+    inputs_embeds = self.embed_inputs(input_ids, points if first_pass else None, inputs_embeds, point_starts)
     out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                      past_key_values=past_key_values, use_cache=use_cache, **kwargs)
     hidden = out.last_hidden_state
@@ -127,6 +184,73 @@ def forward(self: CADRecode,
         logits = self.lm_head(hidden[:, keep])
     return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                   hidden_states=out.hidden_states, attentions=out.attentions)
+
+# %% ../nbs/02_model.ipynb #785dee79
+PACKED_ATTENTION = 'cadrecode_varlen'   # the attention implementation that understands packed batches
+
+def _find_torch_varlen():
+    "(torch's varlen flash-attention, its causal keyword, whether it does GQA itself), or None where torch lacks it."
+    try: from torch.nn.attention.varlen import varlen_attn
+    except ImportError: return None
+    params = inspect.signature(varlen_attn).parameters
+    causal = dict(is_causal=True) if 'is_causal' in params else dict(window_size=(-1, 0))
+    return varlen_attn, causal, 'enable_gqa' in params
+
+def _repeat_kv(x: torch.Tensor, n: int) -> torch.Tensor:
+    "(T, Hkv, D) -> (T, Hkv*n, D): KV head j serves query heads j*n .. j*n+n-1, as in transformers' `repeat_kv`."
+    return x if n == 1 else x.repeat_interleave(n, dim=1)
+
+def _attention_per_sample(q, k, v, bounds, scaling):
+    "The reference: causal SDPA over each sample of the packed row on its own."
+    out = [F.scaled_dot_product_attention(*(x[s:e].transpose(0, 1) for x in (q, k, v)), is_causal=True, scale=scaling)
+           for s, e in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(out, dim=1).transpose(0, 1)
+
+_TORCH_VARLEN = _find_torch_varlen()   # looked up once, outside anything torch.compile traces
+
+# %% ../nbs/02_model.ipynb #40a36310
+def packed_attention(module: nn.Module, query, key, value,   # (1, H, T, D) projections of one packed row
+                     attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs):
+    "transformers attention function: document-causal attention over a packed row, SDPA for anything else."
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if query.shape[0] != 1 or dropout: raise ValueError("packed attention takes one packed row and no dropout")
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))   # (T, H, D)
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):   # RoPE in float32 promotes q and k; autocast runs SDPA in its dtype, so do we
+        q, k, v = (x.to(torch.get_autocast_dtype(dev)) for x in (q, k, v))
+    n_rep = q.shape[1] // k.shape[1]
+    varlen = _TORCH_VARLEN if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
+    if varlen is None:
+        out = _attention_per_sample(q, _repeat_kv(k, n_rep), _repeat_kv(v, n_rep), cu_seq_lens_q.tolist(), scaling)
+    else:
+        fn, causal, native_gqa = varlen
+        if native_gqa and n_rep > 1: causal = {**causal, 'enable_gqa': True}
+        else: k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+        cu, m = cu_seq_lens_q.to(torch.int32), (int(max_length_q) if torch.is_tensor(max_length_q) else max_length_q)
+        out = fn(q, k, v, cu, cu, m, m, scale=scaling, **causal)
+    return out[None], None   # (1, T, H, D), no attention weights
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)   # padded batches get SDPA's usual mask
+
+def use_attention(model: nn.Module, name: str = PACKED_ATTENTION) -> nn.Module:
+    "Switch `model` to the attention implementation `name` ('sdpa', 'eager', or one registered with `AttentionInterface`)."
+    if name != 'eager' and name not in AttentionInterface._global_mapping:
+        raise ValueError(f"unknown attention implementation {name!r}")
+    # not `set_attn_implementation`: transformers refuses it for model classes defined in a notebook
+    model.config._attn_implementation = name
+    return model
+
+def check_packed_inputs(model, cu_seq_lens, max_length, attention_mask, past_key_values, position_ids):
+    "Clear errors for a packed batch the model cannot take as such."
+    impl = model.config._attn_implementation
+    if impl != PACKED_ATTENTION:
+        raise ValueError(f"a packed batch (cu_seq_lens) needs attn_implementation={PACKED_ATTENTION!r}, the model uses "
+                         f"{impl!r}: call use_attention(model) first")
+    if attention_mask is not None or past_key_values is not None or position_ids is None or max_length is None:
+        raise ValueError("a packed batch takes position_ids and max_length, and no attention_mask or KV cache")
 
 # %% ../nbs/02_model.ipynb #11990902
 @torch.no_grad()
@@ -146,6 +270,8 @@ def generate_token_ids(model: CADRecode,
                        num_candidates: int = 1,     # programs per input (sampling only)
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                        max_new_tokens: int = 768,
+                       cache_implementation: str | None = None,  # 'static': fixed-size KV cache, compiled decoding on GPU
+                       min_new_tokens: int | None = None,        # benchmarks: ignore END before this many tokens
                       ) -> torch.LongTensor:        # (B*num_candidates, T) new tokens, candidates of an input adjacent
     "Token ids generated by `model.generate` (KV cache) from the point-cloud prompt."
     if num_candidates > 1 and not do_sample:
@@ -156,7 +282,8 @@ def generate_token_ids(model: CADRecode,
     sampling = dict(temperature=temperature, top_p=top_p, top_k=0) if do_sample else {}
     return model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                           do_sample=do_sample, num_return_sequences=num_candidates, eos_token_id=end_id,
-                          pad_token_id=end_id if pad_id is None else pad_id, use_cache=True, **sampling)
+                          pad_token_id=end_id if pad_id is None else pad_id, use_cache=True,
+                          cache_implementation=cache_implementation, min_new_tokens=min_new_tokens, **sampling)
 
 # %% ../nbs/02_model.ipynb #cd1dae09
 @torch.no_grad()

@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from fastprogress.fastprogress import progress_bar
 
-from .model import CADRecode, tiny_config, qwen2_1_5b_config
+from .model import CADRecode, tiny_config, qwen2_1_5b_config, use_attention
 from .data import load_tokenizer, PointCodeCollator, CADRecodeDataset, add_point_noise
 
 # %% auto #0
@@ -29,8 +29,8 @@ __all__ = ['DTYPES', 'CKPT_FORMAT', 'RESUME_KEYS', 'ConfigError', 'TrainConfig',
            'CheckpointError', 'atomic_save', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'rng_state',
            'set_rng_state', 'check_resume_config', 'export_model', 'History', 'read_history', 'count_parameters',
            'measure_matmul_flops', 'mfu', 'peak_memory_gb', 'plot_history', 'oom_guard', 'check_finite', 'build_model',
-           'open_dataset', 'validation_loss', 'make_trackers', 'TrainResult', 'train', 'GreedyEvaluator', 'parse_args',
-           'main']
+           'open_dataset', 'validation_loss', 'make_trackers', 'compile_layers', 'train_step', 'TrainResult', 'train',
+           'GreedyEvaluator', 'parse_args', 'main']
 
 # %% ../nbs/03_trainer.ipynb #a474d7b0
 class ConfigError(ValueError):
@@ -67,7 +67,8 @@ class TrainConfig:
     device: str = 'auto'                # auto (cuda -> mps -> cpu), cpu, cuda, cuda:N, mps
     dtype: str = 'fp32'                 # autocast dtype: fp32 (off), bf16, fp16 (with a GradScaler)
     tf32: bool = True                   # TF32 matmuls for the fp32 parts on Ampere+ GPUs
-    compile: bool = False               # torch.compile the model
+    pack: bool = False                  # pack each micro-batch into one row (varlen attention): no compute on padding
+    compile: bool = False               # torch.compile each decoder layer
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0              # EMA of weights used for validation and export (0 = off)
     # validation
@@ -608,9 +609,14 @@ def _all_reduce_sum(t:torch.Tensor, dinfo:DistInfo) -> torch.Tensor:
     if dinfo.enabled: dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
-def _to(batch:dict, device) -> dict: return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to(batch:dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 def _n_labels(batch:dict) -> int: return int((batch['labels'][:, 1:] != -100).sum())
+
+def _n_tokens(batch:dict) -> int:
+    "Positions the model computes on: all of a packed row, the unpadded ones of a padded batch."
+    return int(batch['attention_mask'].sum()) if 'attention_mask' in batch else batch['input_ids'].numel()
 
 # %% ../nbs/03_trainer.ipynb #4b13b809
 @torch.no_grad()
@@ -651,6 +657,42 @@ def make_trackers(cfg:TrainConfig, out_dir:Path, report:Callable=print) -> list[
             sinks.append(lambda r: run.log(scalars(r), step=r['step']))
     return sinks
 
+# %% ../nbs/03_trainer.ipynb #9d102887
+def compile_layers(model:CADRecode) -> CADRecode:
+    "torch.compile each decoder layer in place (state-dict keys unchanged), with dynamic shapes."
+    # inductor's coalescing analysis does not handle dynamic shapes (an assertion in torch 2.11): leave it off
+    for layer in model.model.layers: layer.compile(dynamic=True, options={'triton.coalesce_tiling_analysis': False})
+    return model
+
+def train_step(step_model, model, micro:Sequence[dict], optimizer, scaler, cfg:TrainConfig, device, ctx,
+               dinfo:DistInfo=DistInfo(), nan:dict|None=None, ema=None, step:int=1) -> dict:
+    "One optimizer step over this rank's micro-batches (CPU tensors): token-weighted loss, backward, clip, step."
+    nan = dict(skipped=0, streak=0) if nan is None else nan
+    # weights: label tokens of the whole global batch (and all tokens, for throughput), counted on the CPU
+    counts = torch.tensor([[_n_labels(b), _n_tokens(b)] for b in micro], dtype=torch.float64)
+    n_label, n_tokens = _all_reduce_sum(counts.sum(0).to(device), dinfo).tolist()
+    n_label = max(n_label, 1.0)
+    # forward/backward; DDP all-reduces gradients only on the last micro-batch
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    with oom_guard(cfg, step, dinfo.world_size):
+        for k, b in enumerate(micro):
+            sync = k == len(micro) - 1 or not dinfo.enabled
+            with nullcontext() if sync else step_model.no_sync():
+                with ctx: loss = step_model(**_to(b, device)).loss
+                scaler.scale(loss * (counts[k, 0].item() * dinfo.world_size / n_label)).backward()
+            loss_sum += loss.detach().double() * counts[k, 0].item()
+    # unscale, clip, step (skipped when not finite)
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf')).item()
+    loss_val = _all_reduce_sum(loss_sum, dinfo).item() / n_label
+    stepped = check_finite(loss_val, grad_norm, cfg.dtype, nan, cfg.max_nan_streak, step)
+    if stepped:
+        scaler.step(optimizer)
+        if ema is not None: ema.update_parameters(model)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return dict(loss=loss_val, grad_norm=grad_norm, tokens=n_tokens, labels=n_label, stepped=stepped)
+
 # %% ../nbs/03_trainer.ipynb #b13dde1e
 @dataclass
 class TrainResult:
@@ -682,7 +724,8 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
     tokenizer = tokenizer or load_tokenizer(tok_path)
     model = (model or build_model(cfg, tokenizer)).to(device)
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable()
-    collate = PointCodeCollator(tokenizer, max_code_tokens=cfg.max_code_tokens)
+    if cfg.pack: use_attention(model)
+    collate = PointCodeCollator(tokenizer, max_code_tokens=cfg.max_code_tokens, pack=cfg.pack)
     optimizer, scaler = make_optimizer(model, cfg, device), make_grad_scaler(device, cfg.dtype)
     scheduler, ema = make_scheduler(optimizer, cfg), make_ema(model, cfg.ema_decay)
     sampler = ResumableSampler(len(train_ds), cfg.seed)
@@ -715,7 +758,7 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
     history.sinks = make_trackers(cfg, out, say) if dinfo.is_main else []
     step_model = model
     if dinfo.enabled: step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    if cfg.compile: step_model = torch.compile(step_model)
+    if cfg.compile: compile_layers(model)
     ctx, n_params = autocast_for(device, cfg.dtype), count_parameters(model)
     peak = cfg.peak_flops or measure_matmul_flops(device, cfg.dtype)
     stop = cfg.stop_at or cfg.steps
@@ -744,32 +787,14 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
         for k, ids in enumerate(idx):
             b = collate([train_ds[int(i)] for i in ids])
             b['points'] = add_point_noise(b['points'], cfg.noise_p, cfg.noise_std, noise_generator(cfg.seed, it, dinfo.rank, k))
-            micro.append(_to(b, device))
-        # 2. loss weights: label tokens of the whole global batch (and all tokens, for throughput)
-        counts = torch.tensor([[_n_labels(b), int(b['attention_mask'].sum())] for b in micro], dtype=torch.float64)
-        n_label, n_tokens = _all_reduce_sum(counts.sum(0).to(device), dinfo).tolist()
-        n_label = max(n_label, 1.0)
-        # 3. forward/backward; DDP all-reduces gradients only on the last micro-batch
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        with oom_guard(cfg, it + 1, dinfo.world_size):
-            for k, b in enumerate(micro):
-                sync = k == len(micro) - 1 or not dinfo.enabled
-                with nullcontext() if sync else step_model.no_sync():
-                    with ctx: loss = step_model(**b).loss
-                    scaler.scale(loss * (counts[k, 0].item() * dinfo.world_size / n_label)).backward()
-                loss_sum += loss.detach().double() * counts[k, 0].item()
-        # 4. unscale, clip, step (skipped when not finite); the schedule and EMA move on
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf')).item()
-        loss_val = _all_reduce_sum(loss_sum, dinfo).item() / n_label
-        if check_finite(loss_val, grad_norm, cfg.dtype, nan, cfg.max_nan_streak, it + 1):
-            scaler.step(optimizer)
-            if ema is not None: ema.update_parameters(model)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            micro.append(b)
+        # 2. the optimizer step
+        result = train_step(step_model, model, micro, optimizer, scaler, cfg, device, ctx, dinfo, nan, ema, it + 1)
+        loss_val, grad_norm, n_tokens = result['loss'], result['grad_norm'], result['tokens']
+        # 3. the schedule moves on
         lrs = scheduler.get_last_lr(); scheduler.step()
         step = it + 1
-        # 5. records
+        # 4. records
         dt = time.perf_counter() - t0
         if step % max(cfg.log_every, 1) == 0 or step == stop:
             rec = dict(kind='train', step=step, loss=loss_val, lr=lrs[0], lrs=lrs, grad_norm=grad_norm,
@@ -780,7 +805,7 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
             history.append(rec)
             if bar is not None and hasattr(bar, 'comment'):
                 bar.comment = f"loss {loss_val:.3f} lr {lrs[0]:.2e} {n_tokens / dt:,.0f} tok/s"
-        # 6. validation, evaluation, best, checkpoint
+        # 5. validation, evaluation, best, checkpoint
         new = []
         if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps:
             vl = validation_loss(ema.module if ema is not None else model, val_ds, collate, cfg, device, dinfo)

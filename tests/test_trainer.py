@@ -166,9 +166,10 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 def test_ddp_two_processes_gloo_then_resume_in_one(tmp_path, data, tok_dir):
-    "2 CPU processes (torchrun, gloo) = 1 process up to float rounding; the rank-0 checkpoint resumes in one process."
+    """2 CPU processes (torchrun, gloo) with packed rows = 1 process with padded rows, up to float rounding; the rank-0
+    checkpoint resumes in one process (padded again: packing is a speed switch, not part of the run's identity)."""
     ref = run(micro_cfg(tok_dir, tmp_path / 'ref', steps=6, noise_p=0.0), data)            # 1 process, accumulation 2
-    cfg = micro_cfg(tok_dir, tmp_path / 'ddp', steps=6, noise_p=0.0, stop_at=3)           # 2 ranks x 2 samples
+    cfg = micro_cfg(tok_dir, tmp_path / 'ddp', steps=6, noise_p=0.0, stop_at=3, pack=True)  # 2 ranks x 2 samples, packed
     (tmp_path / 'cfg.json').write_text(json.dumps(cfg.to_dict()))
     (tmp_path / 'ddp.py').write_text(DDP_SCRIPT)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
@@ -232,7 +233,7 @@ def test_out_of_memory_names_what_to_lower(tmp_path, data, tok_dir):
 
 # ---------------------------------------------------------------------------------------------------------------------
 def test_shipped_configs_and_cli(tmp_path, capsys):
-    for name in ('paper', 'tiny'):
+    for name in ('paper', 'tiny', 'small'):
         cfg = load_config(name)
         assert TrainConfig.from_yaml(config_dir() / f'{name}.yaml') == cfg
     paper = load_config('paper')

@@ -605,7 +605,7 @@ def parse_args(argv:Sequence[str]|None=None) -> argparse.Namespace:
     "Command-line arguments of `cadrecode_reproduce`."
     p = argparse.ArgumentParser(prog='cadrecode_reproduce', description='From nothing to a trained CAD-Recode model, its '
                                 'evaluation and a report: stages data, train, generate, score, report (each resumable).')
-    p.add_argument('--preset', default='tiny', help='shipped preset (%(default)s, ' + ', '.join(preset_names()) + ') or a YAML path')
+    p.add_argument('--preset', default='tiny', help='shipped preset (' + ', '.join(preset_names()) + ') or a YAML path [%(default)s]')
     p.add_argument('--out', help='run folder (default: runs/reproduce-<preset>)')
     p.add_argument('--data-dir', help='use this finished dataset (cadrecode_data output) instead of building one')
     p.add_argument('--stages', default=','.join(STAGES), help='comma-separated subset of %(default)s')

@@ -15,7 +15,8 @@ Variants: `kit` = packed rows + varlen attention + fused linear cross-entropy + 
 `--numerics`: the same weights and the same batch through the straightforward computation (HF loss over full logits,
 padded) and the kit's (packed, fused): the two losses and the relative gradient difference.
 `--curve N`: N steps of both on the same real batches from `--data`, from the same initial weights: loss curves.
-`--generate`: KV-cached generation of `--new-tokens` tokens at batch 1, 16, 64, dynamic and static cache.
+`--generate`: KV-cached generation of `--new-tokens` tokens at batch 1, 16, 64 with each decoder of `--caches`.
+`--profile N`: GPU time of N kit steps by kernel kind (matmul, attention, optimizer, compiled, ...).
 """
 import argparse, contextlib, copy, gc, importlib.util, io, json, math, random, statistics, sys, time
 from pathlib import Path
@@ -25,7 +26,8 @@ import torch
 
 from cadrecode_nb.data import CADRecodeDataset, PointCodeCollator, load_tokenizer
 from cadrecode_nb import model as kit_model
-from cadrecode_nb.model import CADRecode, PACKED_ATTENTION, generate_token_ids, qwen2_1_5b_config, use_attention
+from cadrecode_nb.model import (CADRecode, PACKED_ATTENTION, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
+                                use_attention)
 from cadrecode_nb.trainer import (autocast_for, compile_layers, count_parameters, load_config, make_grad_scaler,
                                   make_optimizer, train_step)
 
@@ -206,6 +208,29 @@ def curves(peer, args, device) -> dict:
     return out
 
 
+DECODERS = {   # name -> (attention implementation, how to decode)
+    'dynamic': ('sdpa', dict(cache_implementation=None)),          # transformers' generate, DynamicCache
+    'static': ('sdpa', dict(cache_implementation='static')),       # generate, StaticCache, compiled step
+    'static-kitattn': (PACKED_ATTENTION, dict(cache_implementation='static')),   # + the GQA-aware one-query attention
+    'graphed': (PACKED_ATTENTION, None),                            # the kit's greedy_decode_static (CUDA graph per step)
+}
+
+
+def decoder_agreement(device) -> dict:
+    "On a small float32 model with well-separated logits: the graphed decoder's tokens against `generate`'s."
+    from cadrecode_nb.model import tiny_config
+    torch.manual_seed(0)
+    with torch.device(device): model = CADRecode(tiny_config(1024, initializer_range=0.3)).eval()
+    pts = torch.rand(8, N_POINTS, 3, device=device) * 2 - 1
+    end = int(generate_token_ids(model, pts, 1, 2, max_new_tokens=24)[1, 9])   # a token row 1 emits at step 10 acts as END
+    ref = generate_token_ids(model, pts, 1, end, max_new_tokens=64)
+    runs = [greedy_decode_static(model, pts, 1, end, max_new_tokens=64) for _ in range(3)]   # capture, then replays
+    res = dict(shape=list(ref.shape), rows_stopped=int((ref == end).any(1).sum()),
+               equal=[r.shape == ref.shape and bool(torch.equal(r, ref)) for r in runs])
+    print(json.dumps(dict(decoder_agreement=res)), flush=True)
+    return res
+
+
 def generation(args, device) -> list[dict]:
     "Samples/s of KV-cached greedy generation of exactly `new_tokens` tokens (END is masked until then)."
     torch.manual_seed(args.seed)
@@ -213,10 +238,14 @@ def generation(args, device) -> list[dict]:
     model = model.to(torch.bfloat16).eval()
     rows = []
     for cache in args.caches.split(','):
+        attention, how = DECODERS[cache]
+        use_attention(model, attention)
         for bs in map(int, args.gen_batches.split(',')):
             pts = torch.rand(bs, N_POINTS, 3, device=device) * 2 - 1
-            run = lambda: generate_token_ids(model, pts, START, END, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                             cache_implementation=None if cache == 'dynamic' else cache)
+            if how is None:
+                run = lambda: greedy_decode_static(model, pts, START, END, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+            else:
+                run = lambda: generate_token_ids(model, pts, START, END, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **how)
             try:
                 t = time.perf_counter(); run(); torch.cuda.synchronize(); first = time.perf_counter() - t   # warm-up (compiles)
                 t = time.perf_counter(); ids = run(); torch.cuda.synchronize(); dt = time.perf_counter() - t
@@ -229,6 +258,53 @@ def generation(args, device) -> list[dict]:
     return rows
 
 
+KERNEL_KINDS = [   # (kind, substrings of CUDA kernel names), first match wins
+    ('attention', ('flash', 'fmha', 'attention')),
+    ('matmul', ('gemm', 'nvjet', 'cutlass', 'xmma', 'matmul', 'cublas')),
+    ('optimizer', ('adam', 'multi_tensor')),
+    ('compiled (triton)', ('triton',)),
+    ('reduction', ('reduce', 'norm', 'logsumexp', 'softmax')),
+    ('copy / cast / fill', ('copy', 'cast', 'fill', 'to_copy', 'cat', 'index')),
+]
+
+
+def kernel_kind(name:str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), 'other elementwise')
+
+
+def profile_kit(pool, args, device, variant='kit') -> dict:
+    "GPU time of the kit's step by kernel kind (torch.profiler over `--profile` steps after warm-up)."
+    from torch.profiler import ProfilerActivity, profile
+    from torch.autograd import DeviceType
+    cfg, model, opt, scaler, ctx = kit_setup(variant, args, device)
+    batches = random_batches(pool, args, cfg.pack, args.warmup + args.profile, model.config.vocab_size)
+    for i, micro in enumerate(batches[:args.warmup]): train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        for i, micro in enumerate(batches[args.warmup:]): train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
+        torch.cuda.synchronize(); wall = (time.perf_counter() - t) / args.profile
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    by_kind, by_name = {}, {}
+    kernels = [e for e in kernels if not e.name.startswith('Optimizer.')]   # a CPU-side annotation mirrored on the GPU row
+    for e in kernels:
+        us = e.time_range.elapsed_us() / args.profile
+        by_kind[kernel_kind(e.name)] = by_kind.get(kernel_kind(e.name), 0) + us
+        by_name[e.name] = by_name.get(e.name, 0) + us
+    timeline = sorted((e.time_range.start, e.time_range.end, e.name) for e in kernels)
+    gaps = sorted(((b[0] - a[1], a[2][:70], b[2][:70]) for a, b in zip(timeline, timeline[1:]) if b[0] > a[1]), reverse=True)
+    busy = sum(by_kind.values()) / 1e6
+    res = dict(variant=variant, wall_s_per_step=round(wall, 4), gpu_busy_s_per_step=round(busy, 4),
+               kinds_ms={k: round(v / 1e3, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+               gpu_idle_ms_per_step=round(sum(g[0] for g in gaps) / 1e3 / args.profile, 2),
+               largest_gaps_ms=[(round(g / 1e3, 2), before, after) for g, before, after in gaps[:15]],
+               top_kernels_ms=[(n[:120], round(v / 1e3, 2)) for n, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:40]],
+               ops=prof.key_averages().table(sort_by='self_device_time_total', row_limit=40, max_name_column_width=60))
+    del model, opt, prof; free_cuda()
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--peer', default='.bench_peer/naive_hf_step.py', help='path of naive_hf_step.py')
@@ -239,8 +315,10 @@ def main():
     ap.add_argument('--rounds', type=int, default=3); ap.add_argument('--variants', default='kit,kit-nocompile,kit-padded')
     ap.add_argument('--numerics', action='store_true'); ap.add_argument('--curve', type=int, default=0)
     ap.add_argument('--generate', action='store_true'); ap.add_argument('--new-tokens', type=int, default=768)
-    ap.add_argument('--gen-batches', default='1,16,64'); ap.add_argument('--caches', default='dynamic,static')
+    ap.add_argument('--gen-batches', default='1,16,64')
+    ap.add_argument('--caches', default='dynamic,static,static-kitattn,graphed', help=f'decoders: {", ".join(DECODERS)}')
     ap.add_argument('--skip-speed', action='store_true'); ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--profile', type=int, default=0, help='profile this many steps of the kit variant: GPU time by kernel kind')
     ap.add_argument('--model-kw', default='{}', help='JSON overrides of the Qwen2-1.5B config (smoke tests)')
     ap.add_argument('--out', default='train_step.json')
     args = ap.parse_args()
@@ -262,9 +340,12 @@ def main():
                     print(f'{v}: {type(e).__name__}: {str(e)[:300]}', flush=True); result.setdefault('failed', []).append(v); free_cuda()
         result.update(peak_flops=peak, rows=rows, table=table(rows, peak))
         print(result['table'], flush=True)
+    if args.profile:
+        result['profile'] = profile_kit(pool, args, device)
+        print(result['profile']['ops']); print(json.dumps({k: v for k, v in result['profile'].items() if k != 'ops'}, indent=1), flush=True)
     if args.numerics: result['numerics'] = numerics(peer, pool, args, device); print(json.dumps(result['numerics']), flush=True)
     if args.curve: result['curves'] = curves(peer, args, device); print({k: v['loss'][::20] for k, v in result['curves'].items()}, flush=True)
-    if args.generate: result['generation'] = generation(args, device)
+    if args.generate: result['decoder_agreement'], result['generation'] = decoder_agreement(device), generation(args, device)
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM
+from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -19,7 +19,7 @@ from .data import START_TOKEN, END_TOKEN
 # %% auto #0
 __all__ = ['PACKED_ATTENTION', 'tiny_config', 'qwen2_1_5b_config', 'CADRecode', 'LinearCrossEntropy', 'linear_cross_entropy',
            'packed_attention', 'use_attention', 'check_packed_inputs', 'prompt_embeds', 'generate_token_ids',
-           'generate_greedy_uncached', 'decode_programs', 'generate_programs']
+           'generate_greedy_uncached', 'greedy_decode_static', 'decode_programs', 'generate_programs']
 
 # %% ../nbs/02_model.ipynb #a384a55f
 def tiny_config(vocab_size: int, # size of the tokenizer's vocabulary
@@ -88,6 +88,24 @@ def embed_inputs(self: CADRecode,
     return inputs_embeds.index_put((torch.zeros_like(slots), slots), point_embeds.flatten(0, 1))
 
 # %% ../nbs/02_model.ipynb #5cced6bd
+def _nll_and_logit_grad(z: torch.Tensor, t: torch.LongTensor, grad_dtype: torch.dtype):
+    "Summed NLL of a chunk of logits and its gradient d NLL / d z = softmax(z) - onehot(t), in float32 math."
+    z = z.float()
+    lse = torch.logsumexp(z, dim=-1)
+    nll = (lse - z.gather(1, t[:, None])[:, 0]).sum()
+    g = torch.exp(z - lse[:, None])
+    g = torch.where(torch.arange(z.shape[1], device=z.device) == t[:, None], g - 1, g)
+    return nll, g.to(grad_dtype)
+
+# one fused kernel pass over the chunk instead of ~6 (float copy, max, exp, sum, subtract, cast); used on GPUs
+_nll_and_logit_grad_fused = torch.compile(_nll_and_logit_grad, dynamic=True)
+
+def _add_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+    "acc += a @ b with float32 `acc` and lower-precision a, b: on a GPU one matmul that accumulates into `acc` itself."
+    if acc.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)   # no low-precision product, no separate add
+    else: acc += (a @ b).float()
+
 class LinearCrossEntropy(torch.autograd.Function):
     "Summed cross-entropy of `hidden @ weight.T` against `targets`, chunk by chunk, with its gradients made in the forward."
     @staticmethod
@@ -95,17 +113,14 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         w, total = weight.to(compute_dtype), hidden.new_zeros((), dtype=torch.float32)
+        nll_and_grad = _nll_and_logit_grad_fused if hidden.is_cuda else _nll_and_logit_grad
         with torch.autocast(hidden.device.type, enabled=False):
             for i in range(0, len(targets), chunk_size):
                 h, t = hidden[i:i + chunk_size].to(compute_dtype), targets[i:i + chunk_size]
-                z = (h @ w.T).float()
-                lse = torch.logsumexp(z, dim=-1)
-                total += (lse - z.gather(1, t[:, None])[:, 0]).sum()
-                g = z.sub_(lse[:, None]).exp_()                # softmax, in the logits' memory
-                g[torch.arange(len(t), device=g.device), t] -= 1   # d loss / d logits
-                g = g.to(compute_dtype)
+                nll, g = nll_and_grad(h @ w.T, t, compute_dtype)
+                total += nll
                 grad_hidden[i:i + chunk_size] = g @ w
-                if grad_weight is not None: grad_weight += (g.T @ h).float()
+                if grad_weight is not None: _add_product(grad_weight, g.T, h)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
         return total
 
@@ -206,14 +221,23 @@ def _attention_per_sample(q, k, v, bounds, scaling):
            for s, e in zip(bounds[:-1], bounds[1:])]
     return torch.cat(out, dim=1).transpose(0, 1)
 
+def _attention_one_query(query, key, value, attention_mask, scaling):
+    "One new query per row over a grouped (GQA) KV cache: the query heads that share a KV head become that head's queries."
+    b, h, _, d = query.shape
+    q = query.reshape(b, key.shape[1], h // key.shape[1], d)   # query head j*n+r -> KV head j, query r (repeat_kv's order)
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=attention_mask, scale=scaling)   # mask (B, 1, 1, S): same for all r
+    return out.reshape(b, h, 1, d).transpose(1, 2), None   # (B, 1, H, D), as transformers' attention functions return
+
 _TORCH_VARLEN = _find_torch_varlen()   # looked up once, outside anything torch.compile traces
 
 # %% ../nbs/02_model.ipynb #40a36310
 def packed_attention(module: nn.Module, query, key, value,   # (1, H, T, D) projections of one packed row
                      attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs):
-    "transformers attention function: document-causal attention over a packed row, SDPA for anything else."
+    "transformers attention function: document-causal attention over a packed row, GQA-aware decoding, SDPA for anything else."
     if cu_seq_lens_q is None:
+        if query.shape[2] == 1 and query.shape[1] != key.shape[1] and not dropout:   # decoding: read the cache as it is
+            return _attention_one_query(query, key, value, attention_mask, scaling)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if query.shape[0] != 1 or dropout: raise ValueError("packed attention takes one packed row and no dropout")
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))   # (T, H, D)
@@ -302,6 +326,71 @@ def generate_greedy_uncached(model: CADRecode, points: torch.Tensor, start_id: i
         if done.all(): break
     return out
 
+# %% ../nbs/02_model.ipynb #e8f76156
+def _pick_greedy(logits, done, allow_end, end_id: int, pad_id: int):
+    "The arg-max of the last position, END banned unless `allow_end`; finished rows get `pad_id`. -> (tokens, done)"
+    logits = logits[:, -1].float()
+    logits[:, end_id] = torch.where(allow_end, logits[:, end_id], float('-inf'))
+    nxt = torch.where(done, pad_id, logits.argmax(-1))
+    return nxt, done | (nxt == end_id)
+
+def _greedy_step(model, cache, tokens, done, allow_end, end_id: int, pad_id: int):
+    "One decoding step: the newest token of each row through the model (writing its keys and values), then the pick."
+    logits = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    return _pick_greedy(logits, done, allow_end, end_id, pad_id)
+
+# fused by inductor and replayed as a CUDA graph; compiled on first use, once per batch size and cache length
+_graphed_greedy_step = torch.compile(_greedy_step, mode='reduce-overhead', fullgraph=True, dynamic=False)
+
+def _static_cache(model, batch: int, length: int) -> StaticCache:
+    "A `StaticCache` for `batch` rows of `length` positions, kept on the model and reset (in place) between calls."
+    key = (batch, length, model.dtype, str(model.device))
+    held = getattr(model, '_cadrecode_static_cache', None)
+    if held is None or held[0] != key:   # a new cache (new tensor addresses) means a new graph
+        held = (key, StaticCache(config=model.config, max_cache_len=length))
+        model._cadrecode_static_cache = held
+    held[1].reset()
+    return held[1]
+
+def _generated_length(out: torch.LongTensor, end_id: int) -> int:
+    "Steps `generate` would have run: up to the last row's first END, or all of them if some row never ended."
+    is_end = out == end_id
+    return out.shape[1] if not is_end.any(1).all() else int(is_end.int().argmax(1).max()) + 1
+
+# %% ../nbs/02_model.ipynb #1abe45ae
+@torch.no_grad()
+def greedy_decode_static(model: CADRecode,
+                         points: torch.Tensor,             # (B, N, 3) normalised point clouds
+                         start_id: int, end_id: int,       # ids of START_TOKEN and END_TOKEN
+                         pad_id: int | None = None,        # fills finished rows; default END
+                         max_new_tokens: int = 768,
+                         min_new_tokens: int = 0,          # benchmarks: ignore END before this many tokens
+                         graphed: bool | None = None,      # compile the step, replay it as a CUDA graph (default: on a GPU)
+                         check_every: int = 32,            # steps between the host's "all finished?" checks
+                        ) -> torch.LongTensor:             # (B, T) new tokens, as `generate_token_ids` greedy
+    "Greedy decoding with a static KV cache and one compiled, CUDA-graphed step: `generate_token_ids`'s tokens, faster."
+    points = points.to(device=model.device, dtype=torch.float32)
+    graphed = points.is_cuda if graphed is None else graphed
+    use_attention(model)   # SDPA, except that a new token's query reads the GQA cache without copying it
+    prompt = prompt_embeds(model, points, start_id)
+    cache = _static_cache(model, len(points), prompt.shape[1] + max_new_tokens)
+    pad_id = end_id if pad_id is None else pad_id
+    dev = prompt.device
+    out = torch.full((len(points), max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    done = torch.zeros(len(points), dtype=torch.bool, device=dev)
+    allow = {flag: torch.tensor(flag, device=dev) for flag in (False, True)}   # made once: no host copy per step
+    logits = model(inputs_embeds=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    nxt, done = _pick_greedy(logits, done, allow[min_new_tokens <= 0], end_id, pad_id)
+    out[:, 0] = nxt
+    step = _graphed_greedy_step if graphed else _greedy_step
+    for t in range(1, max_new_tokens):
+        if t % check_every == 0 and bool(done.all()): break
+        if graphed: torch.compiler.cudagraph_mark_step_begin()   # a new replay: the last one's outputs get overwritten
+        nxt, done = step(model, cache, nxt, done, allow[t >= min_new_tokens], end_id, pad_id)
+        if graphed: nxt, done = nxt.clone(), done.clone()        # so keep copies (a few bytes) for the next step
+        out[:, t] = nxt
+    return out[:, :_generated_length(out, end_id)]
+
 # %% ../nbs/02_model.ipynb #e50a9fe6
 def decode_programs(tokenizer, token_ids: torch.Tensor, end_id: int | None = None) -> list[str]:
     "Decode generated rows to program text: cut at the first END, skip special tokens, strip whitespace."
@@ -318,14 +407,20 @@ def generate_programs(model: CADRecode, tokenizer,
                       max_new_tokens: int = 768,
                       batch_size: int = 16,         # clouds per `generate` call
                      ) -> list[list[str]]:          # B lists of num_candidates programs
-    "CadQuery programs for a batch of point clouds: greedy or sampled, with a KV cache, decoded to text."
+    "CadQuery programs for a batch of point clouds: greedy (graphed on a GPU) or sampled, with a KV cache, decoded to text."
     points = torch.as_tensor(points, dtype=torch.float32)
     if points.ndim != 3 or points.shape[-1] != 3: raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
     start_id, end_id = (tokenizer.convert_tokens_to_ids(t) for t in (START_TOKEN, END_TOKEN))
     programs = []
+    graphed = not do_sample and model.device.type == 'cuda'   # greedy on a GPU: the CUDA-graphed loop
     for i in range(0, len(points), batch_size):
-        ids = generate_token_ids(model, points[i:i + batch_size], start_id, end_id, tokenizer.pad_token_id,
-                                 num_candidates, do_sample, temperature, top_p, max_new_tokens)
+        chunk = points[i:i + batch_size]
+        if graphed:   # a short last chunk is padded to `batch_size` so that it replays the same graph
+            n = len(chunk); chunk = torch.cat([chunk, chunk[:1].expand(batch_size - n, -1, -1)])
+            ids = greedy_decode_static(model, chunk, start_id, end_id, tokenizer.pad_token_id, max_new_tokens)[:n]
+        else:
+            ids = generate_token_ids(model, chunk, start_id, end_id, tokenizer.pad_token_id,
+                                     num_candidates, do_sample, temperature, top_p, max_new_tokens)
         texts = decode_programs(tokenizer, ids, end_id)
         programs += [texts[j:j + num_candidates] for j in range(0, len(texts), num_candidates)]
     return programs

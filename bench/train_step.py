@@ -78,16 +78,16 @@ def run_peer(peer, lengths_file:str, args) -> dict:
     return json.loads(buf.getvalue().strip().splitlines()[-1])
 
 
-def ids_collator(pack:bool) -> PointCodeCollator:
+def ids_collator(pack:bool, pad:int|None=None) -> PointCodeCollator:
     "The kit's collator over token ids (no tokenizer needed: only the special ids are read)."
     tok = SimpleNamespace(convert_tokens_to_ids=lambda t: START if t == '<|im_start|>' else END, pad_token_id=END)
-    return PointCodeCollator(tok, pack=pack)
+    return PointCodeCollator(tok, pack=pack, pad_to_multiple_of=pad)
 
 
-def random_batches(pool, args, pack:bool, n:int, vocab:int) -> list[list[dict]]:
+def random_batches(pool, args, pack:bool, n:int, vocab:int, pad:int|None=None) -> list[list[dict]]:
     "n steps of micro-batches, lengths drawn as the peer draws them (same seed, same sequence of lengths)."
     rng, g = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
-    collate, micro = ids_collator(pack), args.micro or args.batch
+    collate, micro = ids_collator(pack, pad), args.micro or args.batch
     steps = []
     for _ in range(n):
         lens = [rng.choice(pool) for _ in range(args.batch)]
@@ -100,7 +100,7 @@ def random_batches(pool, args, pack:bool, n:int, vocab:int) -> list[list[dict]]:
 def kit_setup(variant:str, args, device):
     opts = VARIANTS[variant]
     cfg = load_config('paper', [f"pack={str(opts['pack']).lower()}", f"compile={str(opts['compile']).lower()}",
-                                'model=qwen2-1.5b', f'batch_size={args.batch}', f'micro_batch_size={args.micro or args.batch}'])
+                                'model=qwen2-1.5b', f'pad_to_multiple_of={args.pad}', f'batch_size={args.batch}', f'micro_batch_size={args.micro or args.batch}'])
     torch.manual_seed(args.seed)
     with torch.device(device): model = CADRecode(qwen2_1_5b_config(**json.loads(args.model_kw)))
     if cfg.pack: use_attention(model)
@@ -111,7 +111,7 @@ def kit_setup(variant:str, args, device):
 
 def run_kit(variant:str, pool, args, peak:float, device) -> dict:
     cfg, model, opt, scaler, ctx = kit_setup(variant, args, device)
-    batches = random_batches(pool, args, cfg.pack, args.warmup + args.steps, model.config.vocab_size)
+    batches = random_batches(pool, args, cfg.pack, args.warmup + args.steps, model.config.vocab_size, cfg.pad_to_multiple_of or None)
     for i, micro in enumerate(batches[:args.warmup]): train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
     sync()
     times, outs = [], []
@@ -167,7 +167,8 @@ def numerics(peer, pool, args, device) -> dict:
     cfg, kit, _, _, ctx = kit_setup('kit-nocompile', args, device)
     hf, proj = peer_model_from(kit, peer, device)
     one = argparse.Namespace(**{**vars(args), 'micro': 0})   # the same samples, padded and packed, as one micro-batch
-    codes, packed = (random_batches(pool, one, pack, 1, kit.config.vocab_size)[0][0] for pack in (False, True))
+    codes, packed = (random_batches(pool, one, pack, 1, kit.config.vocab_size, cfg.pad_to_multiple_of if pack else None)[0][0]
+                     for pack in (False, True))   # the peer's padded rows as it pads them; the kit's as the trainer does
     to = lambda b: {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
     ref = peer_style_loss(hf, proj, to(codes), ctx); ref.backward()
     with ctx: mine = kit(**to(packed)).loss
@@ -189,7 +190,7 @@ def curves(peer, args, device) -> dict:
     out = {}
     for name in ('kit', 'straightforward'):
         cfg, kit, opt, scaler, ctx = kit_setup('kit' if name == 'kit' else 'kit-padded', args, device)
-        collate, losses, t0 = PointCodeCollator(tok, pack=cfg.pack), [], time.perf_counter()
+        collate, losses, t0 = PointCodeCollator(tok, pack=cfg.pack, pad_to_multiple_of=cfg.pad_to_multiple_of or None), [], time.perf_counter()
         if name == 'kit':
             for i, items in enumerate(order):
                 losses.append(train_step(kit, kit, [collate(items)], opt, scaler, cfg, device, ctx, step=i + 1)['loss'])
@@ -278,7 +279,7 @@ def profile_kit(pool, args, device, variant='kit') -> dict:
     from torch.profiler import ProfilerActivity, profile
     from torch.autograd import DeviceType
     cfg, model, opt, scaler, ctx = kit_setup(variant, args, device)
-    batches = random_batches(pool, args, cfg.pack, args.warmup + args.profile, model.config.vocab_size)
+    batches = random_batches(pool, args, cfg.pack, args.warmup + args.profile, model.config.vocab_size, cfg.pad_to_multiple_of or None)
     for i, micro in enumerate(batches[:args.warmup]): train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
     sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -317,6 +318,7 @@ def main():
     ap.add_argument('--generate', action='store_true'); ap.add_argument('--new-tokens', type=int, default=768)
     ap.add_argument('--gen-batches', default='1,16,64')
     ap.add_argument('--caches', default='dynamic,static,static-kitattn,graphed', help=f'decoders: {", ".join(DECODERS)}')
+    ap.add_argument('--pad', type=int, default=64, help="the kit's pad_to_multiple_of (0 = off)")
     ap.add_argument('--skip-speed', action='store_true'); ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--profile', type=int, default=0, help='profile this many steps of the kit variant: GPU time by kernel kind')
     ap.add_argument('--model-kw', default='{}', help='JSON overrides of the Qwen2-1.5B config (smoke tests)')

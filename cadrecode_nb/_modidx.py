@@ -480,4 +480,5 @@ d = { 'settings': { 'branch': 'main',
                                       'cadrecode_nb.trainer.train': ('trainer.html#train', 'cadrecode_nb/trainer.py'),
                                       'cadrecode_nb.trainer.train_step': ('trainer.html#train_step', 'cadrecode_nb/trainer.py'),
                                       'cadrecode_nb.trainer.validate_config': ('trainer.html#validate_config', 'cadrecode_nb/trainer.py'),
-                                      'cadrecode_nb.trainer.validation_loss': ('trainer.html#validation_loss', 'cadrecode_nb/trainer.py')}}}
+                                      'cadrecode_nb.trainer.validation_loss': ('trainer.html#validation_loss', 'cadrecode_nb/trainer.py'),
+                                      'cadrecode_nb.trainer.wrap_ddp': ('trainer.html#wrap_ddp', 'cadrecode_nb/trainer.py')}}}

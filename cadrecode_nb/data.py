@@ -1040,9 +1040,11 @@ class PointCodeCollator:
     def __init__(self, tokenizer, n_points:int=N_POINTS, noise_p:float=0.0, noise_std:float=0.01,
                  max_code_tokens:int|None=None, generator:torch.Generator|None=None,
                  pack:bool=False, # one row holding every sample, with position_ids and cu_seq_lens, instead of padded rows
+                 pad_to_multiple_of:int|None=None, # round each row's length up to a multiple of this (padding, no labels)
                 ):
         self.tokenizer, self.n_points, self.noise_p, self.noise_std = tokenizer, n_points, noise_p, noise_std
         self.max_code_tokens, self.generator, self.pack = max_code_tokens, generator, pack
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.start_id, self.end_id = (tokenizer.convert_tokens_to_ids(t) for t in (START_TOKEN, END_TOKEN))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
 
@@ -1074,11 +1076,17 @@ class PointCodeCollator:
         samples = [self._sample(t) for t in tokens]
         lengths = [len(ids) for ids, _ in samples]
         if self.pack:
+            pad = -sum(lengths) % self.pad_to_multiple_of if self.pad_to_multiple_of else 0
+            if pad:   # the row's padding extends its last sample, as right-padding does: causal, so nothing real sees it
+                ids, lab = samples[-1]
+                samples[-1] = torch.cat([ids, ids.new_full((pad,), self.pad_id)]), torch.cat([lab, lab.new_full((pad,), -100)])
+                lengths[-1] += pad
             return dict(input_ids=torch.cat([ids for ids, _ in samples])[None], labels=torch.cat([l for _, l in samples])[None],
                         position_ids=torch.cat([torch.arange(n) for n in lengths])[None], points=points,
                         cu_seq_lens=torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32),
                         max_length=max(lengths))
         L = max(lengths)
+        if self.pad_to_multiple_of: L = -(-L // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(tokens), L), self.pad_id, dtype=torch.long)
         labels = torch.full((len(tokens), L), -100, dtype=torch.long)
         attention_mask = torch.zeros((len(tokens), L), dtype=torch.long)

@@ -89,13 +89,13 @@ def embed_inputs(self: CADRecode,
 
 # %% ../nbs/02_model.ipynb #5cced6bd
 def _nll_and_logit_grad(z: torch.Tensor, t: torch.LongTensor, grad_dtype: torch.dtype):
-    "Summed NLL of a chunk of logits and its gradient d NLL / d z = softmax(z) - onehot(t), in float32 math."
-    z = z.float()
+    "Summed NLL of a chunk of logits and its gradient d NLL / d z = softmax(z) - onehot(t), in float32 math; rows whose target is -100 count nothing."
+    z, keep = z.float(), t >= 0
     lse = torch.logsumexp(z, dim=-1)
-    nll = (lse - z.gather(1, t[:, None])[:, 0]).sum()
+    nll = torch.where(keep, lse - z.gather(1, t.clamp(min=0)[:, None])[:, 0], 0).sum()
     g = torch.exp(z - lse[:, None])
     g = torch.where(torch.arange(z.shape[1], device=z.device) == t[:, None], g - 1, g)
-    return nll, g.to(grad_dtype)
+    return nll, torch.where(keep[:, None], g, 0).to(grad_dtype)
 
 # one fused kernel pass over the chunk instead of ~6 (float copy, max, exp, sum, subtract, cast); used on GPUs
 _nll_and_logit_grad_fused = torch.compile(_nll_and_logit_grad, dynamic=True)
@@ -133,9 +133,12 @@ def linear_cross_entropy(hidden: torch.Tensor,      # (N, H) rows that predict s
                          weight: torch.Tensor,      # (V, H) the LM head's weight
                          targets: torch.LongTensor, # (N,) token ids
                          chunk_size: int = 2048,    # rows of logits alive at once
+                         row_multiple: int = 64,    # rows padded (zeros, target -100) to a multiple of this: recurring shapes
                         ) -> torch.Tensor:          # scalar float32: the summed NLL
     "Summed float32 cross-entropy of the LM head's logits, never holding more than `chunk_size` rows of them."
     dev = hidden.device.type
+    if pad := -len(targets) % row_multiple:   # a new matmul shape every step would cost a cuBLAS heuristic lookup
+        hidden, targets = F.pad(hidden, (0, 0, 0, pad)), F.pad(targets, (0, pad), value=-100)
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, dtype)

@@ -14,6 +14,7 @@ import numpy as np, torch, yaml
 import matplotlib.pyplot as plt
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from fastprogress.fastprogress import progress_bar
@@ -29,8 +30,8 @@ __all__ = ['DTYPES', 'CKPT_FORMAT', 'RESUME_KEYS', 'DDP_BUCKET_MB', 'ConfigError
            'CheckpointError', 'atomic_save', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'rng_state',
            'set_rng_state', 'check_resume_config', 'export_model', 'History', 'read_history', 'count_parameters',
            'measure_matmul_flops', 'mfu', 'peak_memory_gb', 'plot_history', 'oom_guard', 'check_finite', 'build_model',
-           'open_dataset', 'validation_loss', 'make_trackers', 'compile_layers', 'train_step', 'TrainResult', 'train',
-           'GreedyEvaluator', 'parse_args', 'main']
+           'open_dataset', 'validation_loss', 'make_trackers', 'wrap_ddp', 'compile_layers', 'train_step',
+           'TrainResult', 'train', 'GreedyEvaluator', 'parse_args', 'main']
 
 # %% ../nbs/03_trainer.ipynb #a474d7b0
 class ConfigError(ValueError):
@@ -68,6 +69,7 @@ class TrainConfig:
     dtype: str = 'fp32'                 # autocast dtype: fp32 (off), bf16, fp16 (with a GradScaler)
     tf32: bool = True                   # TF32 matmuls for the fp32 parts on Ampere+ GPUs
     pack: bool = False                  # pack each micro-batch into one row (varlen attention): no compute on padding
+    pad_to_multiple_of: int = 64        # rows rounded up to a multiple of this many tokens: recurring matmul shapes (0 = off)
     compile: bool = False               # torch.compile each decoder layer
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0              # EMA of weights used for validation and export (0 = off)
@@ -179,7 +181,8 @@ def validate_config(cfg:TrainConfig):
     need(cfg.dtype in ('fp32', 'bf16', 'fp16'), 'dtype', "must be fp32, bf16 or fp16")
     need(cfg.device == 'auto' or cfg.device.split(':')[0] in ('cpu', 'cuda', 'mps'), 'device', "auto, cpu, cuda, cuda:N or mps")
     for k in ('steps', 'batch_size', 'micro_batch_size', 'keep_last', 'eval_samples', 'eval_max_new_tokens'): need(getattr(cfg, k) > 0, k, "must be > 0")
-    for k in ('val_every', 'val_batches', 'eval_every', 'save_every', 'log_every', 'warmup_steps', 'max_nan_streak'):
+    for k in ('val_every', 'val_batches', 'eval_every', 'save_every', 'log_every', 'warmup_steps', 'max_nan_streak',
+              'pad_to_multiple_of'):
         need(getattr(cfg, k) >= 0, k, "must be >= 0")
     need(cfg.batch_size % cfg.micro_batch_size == 0, 'batch_size', f"must be a multiple of micro_batch_size={cfg.micro_batch_size}")
     need(cfg.warmup_steps < cfg.steps, 'warmup_steps', f"must be < steps={cfg.steps}")
@@ -615,8 +618,10 @@ def _to(batch:dict, device) -> dict:
 def _n_labels(batch:dict) -> int: return int((batch['labels'][:, 1:] != -100).sum())
 
 def _n_tokens(batch:dict) -> int:
-    "Positions the model computes on: all of a packed row, the unpadded ones of a padded batch."
-    return int(batch['attention_mask'].sum()) if 'attention_mask' in batch else batch['input_ids'].numel()
+    "Real positions, padding left out: a padded batch's attention mask; a packed row up to its last label (END)."
+    if 'attention_mask' in batch: return int(batch['attention_mask'].sum())
+    labelled = (batch['labels'][0] != -100).nonzero()
+    return int(labelled[-1]) + 1 if len(labelled) else batch['input_ids'].numel()
 
 # %% ../nbs/03_trainer.ipynb #4b13b809
 @torch.no_grad()
@@ -659,6 +664,17 @@ def make_trackers(cfg:TrainConfig, out_dir:Path, report:Callable=print) -> list[
 
 # %% ../nbs/03_trainer.ipynb #9d102887
 DDP_BUCKET_MB = 100   # DDP all-reduce bucket: 6.2 GB of float32 gradients go out in ~60 pieces instead of ~250 at 25 MB
+
+def wrap_ddp(model:torch.nn.Module, device:torch.device, compiled_layers:bool=False) -> DistributedDataParallel:
+    "DDP as the trainer runs it: gradients kept in the all-reduce buckets, 100 MB buckets, one division per bucket."
+    if compiled_layers:
+        # every compiled layer already hands DDP its gradients layer by layer; dynamo's DDPOptimizer would split each
+        # layer's graph again at bucket boundaries, and the host's cost per graph call would be paid several times
+        torch._dynamo.config.optimize_ddp = False
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
+                                  gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
+    ddp.register_comm_hook(None, default_hooks.allreduce_hook)   # averages a bucket at once, not each of ~340 gradients
+    return ddp
 
 def compile_layers(model:CADRecode) -> CADRecode:
     "torch.compile each decoder layer in place (state-dict keys unchanged), with dynamic shapes."
@@ -727,7 +743,8 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
     model = (model or build_model(cfg, tokenizer)).to(device)
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable()
     if cfg.pack: use_attention(model)
-    collate = PointCodeCollator(tokenizer, max_code_tokens=cfg.max_code_tokens, pack=cfg.pack)
+    collate = PointCodeCollator(tokenizer, max_code_tokens=cfg.max_code_tokens, pack=cfg.pack,
+                                pad_to_multiple_of=cfg.pad_to_multiple_of or None)
     optimizer, scaler = make_optimizer(model, cfg, device), make_grad_scaler(device, cfg.dtype)
     scheduler, ema = make_scheduler(optimizer, cfg), make_ema(model, cfg.ema_decay)
     sampler = ResumableSampler(len(train_ds), cfg.seed)
@@ -759,9 +776,7 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
         if dinfo.is_main and history.path.exists(): history.truncate(-1)   # a fresh run starts a fresh history
     history.sinks = make_trackers(cfg, out, say) if dinfo.is_main else []
     step_model = model
-    if dinfo.enabled:   # gradients live in DDP's buckets (no copy in and out); fewer, larger all-reduces
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                             gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
+    if dinfo.enabled: step_model = wrap_ddp(model, device, compiled_layers=cfg.compile)
     if cfg.compile: compile_layers(model)
     ctx, n_params = autocast_for(device, cfg.dtype), count_parameters(model)
     peak = cfg.peak_flops or measure_matmul_flops(device, cfg.dtype)

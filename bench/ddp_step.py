@@ -19,26 +19,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import free_cuda, kit_setup, length_pool, random_batches, sync   # noqa: E402
+from train_step import free_cuda, idle_split, kit_setup, length_pool, random_batches, run_steps, sync   # noqa: E402
 from cadrecode_nb.trainer import DDP_BUCKET_MB, setup_distributed, train_step, wrap_ddp   # noqa: E402
 
-VARIANTS = {   # (dynamo's DDPOptimizer splits the compiled layers?, a comm hook averages whole buckets?)
-    'trainer': (False, True),          # cadrecode_nb.trainer.wrap_ddp
-    'ddp-optimizer': (True, True),     # dynamo splits each compiled layer's graph at DDP's bucket boundaries
-    'grad-division': (False, False),   # DDP divides each of the ~340 gradients by the world size itself
-    'session-3': (True, False),        # both: what the trainer did before
+VARIANTS = {   # (dynamo's DDPOptimizer splits the compiled layers?, comm hook: None = DDP divides each gradient itself)
+    'trainer': (False, default_hooks.allreduce_hook),      # cadrecode_nb.trainer.wrap_ddp
+    'ddp-optimizer': (True, default_hooks.allreduce_hook), # dynamo splits each compiled layer's graph at DDP's bucket boundaries
+    'grad-division': (False, None),                        # DDP divides each of the ~340 gradients by the world size itself
+    'session-3': (True, None),                             # both: what the trainer did before
+    'bf16-compress': (False, default_hooks.bf16_compress_hook),   # the trainer's, buckets sent and averaged in bfloat16
 }
 
 
 def wrap(model, device, variant:str):
     "The model in DDP as `variant` says."
-    split, bucket_hook = VARIANTS[variant]
+    split, hook = VARIANTS[variant]
     if split != torch._dynamo.config.optimize_ddp: torch._dynamo.reset()   # recompile the layers under the new setting
     if variant == 'trainer': return wrap_ddp(model, device, compiled_layers=True)
     torch._dynamo.config.optimize_ddp = split
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
                                   gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
-    if bucket_hook: ddp.register_comm_hook(None, default_hooks.allreduce_hook)
+    if hook is not None: ddp.register_comm_hook(None, hook)
     return ddp
 
 
@@ -84,23 +85,21 @@ def overlap_report(prof, steps:int) -> dict:
 def run_variant(variant:str, batches, args, device, dinfo, profile_steps:int=0) -> dict:
     cfg, model, opt, scaler, ctx = kit_setup('kit', args, device)   # compiled layers, packed rows, fused loss
     step_model = wrap(model, device, variant) if dinfo.enabled else model
-    for i, micro in enumerate(batches[:args.warmup]): train_step(step_model, model, micro, opt, scaler, cfg, device, ctx, dinfo, step=i + 1)
+    launch = lambda i, micro: train_step(step_model, model, micro, opt, scaler, cfg, device, ctx, dinfo, step=i + 1)
+    run_steps(batches[:args.warmup], launch)
     sync()
     if dinfo.enabled: dist.barrier()
-    times, tokens = [], []
-    for i, micro in enumerate(batches[args.warmup:args.warmup + args.steps]):
-        t = time.perf_counter()
-        out = train_step(step_model, model, micro, opt, scaler, cfg, device, ctx, dinfo, step=i + 1)   # ends in .item()
-        times.append(time.perf_counter() - t); tokens.append(out['tokens'])
-    row = dict(variant=variant if dinfo.enabled else 'one GPU', s_per_step=round(statistics.mean(times), 4),
-               tokens_per_step_all_ranks=round(statistics.mean(tokens)), tokens_per_s_per_gpu=round(sum(tokens) / sum(times) / dinfo.world_size))
+    outs, dt = run_steps(batches[args.warmup:args.warmup + args.steps], launch)
+    tokens = [o['tokens'] for o in outs]
+    row = dict(variant=variant if dinfo.enabled else 'one GPU', s_per_step=round(dt, 4),
+               tokens_per_step_all_ranks=round(statistics.mean(tokens)), tokens_per_s_per_gpu=round(sum(tokens) / (dt * len(tokens)) / dinfo.world_size))
     if profile_steps:
         from torch.profiler import ProfilerActivity, profile
         sync()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for i, micro in enumerate(batches[-profile_steps:]): train_step(step_model, model, micro, opt, scaler, cfg, device, ctx, dinfo, step=i + 1)
+            run_steps(batches[-profile_steps:], launch)
             sync()
-        row['profile'] = overlap_report(prof, profile_steps)
+        row['profile'] = dict(overlap_report(prof, profile_steps), idle=idle_split(prof, profile_steps))
         if args.trace and dinfo.is_main: prof.export_chrome_trace(args.trace)
     del step_model, model, opt; free_cuda()
     return row

@@ -23,13 +23,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.autograd import DeviceType
 
 from cadrecode_nb.data import CADRecodeDataset, PointCodeCollator, load_tokenizer
 from cadrecode_nb import model as kit_model
 from cadrecode_nb.model import (CADRecode, PACKED_ATTENTION, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 use_attention)
 from cadrecode_nb.trainer import (autocast_for, compile_layers, count_parameters, load_config, make_grad_scaler,
-                                  make_optimizer, train_step)
+                                  make_optimizer, read_step, train_step)
 
 VARIANTS = {'kit': dict(pack=True, compile=True), 'kit-nocompile': dict(pack=True, compile=False),
             'kit-padded': dict(pack=False, compile=False)}
@@ -109,17 +110,26 @@ def kit_setup(variant:str, args, device):
     return cfg, model, make_optimizer(model, cfg, device), make_grad_scaler(device, cfg.dtype), autocast_for(device, cfg.dtype)
 
 
+def run_steps(batches, launch) -> tuple[list[dict], float]:
+    """`launch(i, micro)` (a `train_step` call) over `batches` as `train` runs them: each step's numbers read one step
+    late, so the host queues a step while the GPU finishes the one before. (the steps' numbers, seconds per step)"""
+    t, prev, outs = time.perf_counter(), None, []
+    for i, micro in enumerate(batches):
+        numbers = launch(i, micro)
+        if prev is not None: outs.append(read_step(prev))
+        prev = numbers
+    if prev is not None: outs.append(read_step(prev))
+    return outs, (time.perf_counter() - t) / max(len(batches), 1)
+
+
 def run_kit(variant:str, pool, args, peak:float, device) -> dict:
     cfg, model, opt, scaler, ctx = kit_setup(variant, args, device)
     batches = random_batches(pool, args, cfg.pack, args.warmup + args.steps, model.config.vocab_size, cfg.pad_to_multiple_of or None)
-    for i, micro in enumerate(batches[:args.warmup]): train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
+    launch = lambda i, micro: train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
+    run_steps(batches[:args.warmup], launch)
     sync()
-    times, outs = [], []
-    for i, micro in enumerate(batches[args.warmup:]):
-        t = time.perf_counter()
-        outs.append(train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1))   # ends in .item(): synchronous
-        times.append(time.perf_counter() - t)
-    dt, n_params = sum(times) / len(times), count_parameters(model)
+    outs, dt = run_steps(batches[args.warmup:], launch)
+    n_params = count_parameters(model)
     real = statistics.mean(o['tokens'] for o in outs)
     padded = statistics.mean(sum(b['input_ids'].numel() for b in micro) for micro in batches[args.warmup:])
     row = dict(impl=variant, s_per_step=round(dt, 4), real_tokens_per_step=round(real), padded_tokens_per_step=round(padded),
@@ -192,8 +202,8 @@ def curves(peer, args, device) -> dict:
         cfg, kit, opt, scaler, ctx = kit_setup('kit' if name == 'kit' else 'kit-padded', args, device)
         collate, losses, t0 = PointCodeCollator(tok, pack=cfg.pack, pad_to_multiple_of=cfg.pad_to_multiple_of or None), [], time.perf_counter()
         if name == 'kit':
-            for i, items in enumerate(order):
-                losses.append(train_step(kit, kit, [collate(items)], opt, scaler, cfg, device, ctx, step=i + 1)['loss'])
+            outs, _ = run_steps(order, lambda i, items: train_step(kit, kit, [collate(items)], opt, scaler, cfg, device, ctx, step=i + 1))
+            losses = [o['loss'] for o in outs]
         else:
             hf, proj = peer_model_from(kit, peer, device); del kit, opt; free_cuda()
             params = list(hf.parameters()) + list(proj.parameters())
@@ -274,18 +284,39 @@ def kernel_kind(name:str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), 'other elementwise')
 
 
+def idle_split(prof, steps:int) -> dict:
+    """GPU idle time per step, split by whose turn it was. Before each kernel that starts after the previous one ended,
+    the gap is `host_late` up to when the host's launch call for it returned (the GPU had nothing queued), `queued` after
+    that (the kernel was waiting on the device side: launch latency, stream dependencies)."""
+    evs = prof.profiler.kineto_results.events()
+    launched = {e.correlation_id(): e.end_ns() for e in evs if e.device_type() == DeviceType.CPU and e.name().startswith('cu')
+                and any(k in e.name() for k in ('Launch', 'Memcpy', 'Memset'))}
+    kernels = sorted((e.start_ns(), e.end_ns(), e.correlation_id()) for e in evs if e.device_type() == DeviceType.CUDA)
+    host_late = queued = 0; matched = 0; hist = {}
+    prev_end = kernels[0][1] if kernels else 0
+    for start, end, corr in kernels[1:]:
+        if start > prev_end:
+            gap, ready = start - prev_end, launched.get(corr)
+            matched += ready is not None
+            late = min(max((ready or prev_end) - prev_end, 0), gap)
+            host_late += late; queued += gap - late
+            b = '<5us' if gap < 5e3 else '5-50us' if gap < 5e4 else '50-500us' if gap < 5e5 else '>=0.5ms'
+            hist[b] = hist.get(b, 0) + gap
+        prev_end = max(prev_end, end)
+    return dict(host_late_ms=round(host_late / 1e6 / steps, 2), queued_ms=round(queued / 1e6 / steps, 2),
+                gaps_matched_to_launch=matched, idle_ms_by_gap_size={k: round(v / 1e6 / steps, 2) for k, v in sorted(hist.items())})
+
+
 def profile_kit(pool, args, device, variant='kit') -> dict:
     "GPU time of the kit's step by kernel kind (torch.profiler over `--profile` steps after warm-up)."
     from torch.profiler import ProfilerActivity, profile
-    from torch.autograd import DeviceType
     cfg, model, opt, scaler, ctx = kit_setup(variant, args, device)
     batches = random_batches(pool, args, cfg.pack, args.warmup + args.profile, model.config.vocab_size, cfg.pad_to_multiple_of or None)
-    for i, micro in enumerate(batches[:args.warmup]): train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
+    launch = lambda i, micro: train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
+    run_steps(batches[:args.warmup], launch)
     sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        t = time.perf_counter()
-        for i, micro in enumerate(batches[args.warmup:]): train_step(model, model, micro, opt, scaler, cfg, device, ctx, step=i + 1)
-        torch.cuda.synchronize(); wall = (time.perf_counter() - t) / args.profile
+        _, wall = run_steps(batches[args.warmup:], launch)
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     by_kind, by_name = {}, {}
     kernels = [e for e in kernels if not e.name.startswith('Optimizer.')]   # a CPU-side annotation mirrored on the GPU row
@@ -299,6 +330,7 @@ def profile_kit(pool, args, device, variant='kit') -> dict:
     res = dict(variant=variant, wall_s_per_step=round(wall, 4), gpu_busy_s_per_step=round(busy, 4),
                kinds_ms={k: round(v / 1e3, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
                gpu_idle_ms_per_step=round(sum(g[0] for g in gaps) / 1e3 / args.profile, 2),
+               idle=idle_split(prof, args.profile),
                largest_gaps_ms=[(round(g / 1e3, 2), before, after) for g, before, after in gaps[:15]],
                top_kernels_ms=[(n[:120], round(v / 1e3, 2)) for n, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:40]],
                ops=prof.key_averages().table(sort_by='self_device_time_total', row_limit=40, max_name_column_width=60))

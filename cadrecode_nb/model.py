@@ -18,8 +18,9 @@ from .data import START_TOKEN, END_TOKEN
 
 # %% auto #0
 __all__ = ['PACKED_ATTENTION', 'tiny_config', 'qwen2_1_5b_config', 'CADRecode', 'LinearCrossEntropy', 'linear_cross_entropy',
-           'packed_attention', 'use_attention', 'check_packed_inputs', 'prompt_embeds', 'generate_token_ids',
-           'generate_greedy_uncached', 'greedy_decode_static', 'decode_programs', 'generate_programs']
+           'to_device', 'packed_attention', 'use_attention', 'check_packed_inputs', 'prompt_embeds',
+           'generate_token_ids', 'generate_greedy_uncached', 'greedy_decode_static', 'decode_programs',
+           'generate_programs']
 
 # %% ../nbs/02_model.ipynb #a384a55f
 def tiny_config(vocab_size: int, # size of the tokenizer's vocabulary
@@ -82,9 +83,10 @@ def embed_inputs(self: CADRecode,
     if inputs_embeds.shape[0] != 1: raise ValueError(f"a packed batch is one row, got {inputs_embeds.shape[0]} rows")
     if len(point_starts) != points.shape[0]:
         raise ValueError(f"{len(point_starts)} point_starts for {points.shape[0]} point clouds")
+    last = int(point_starts.max()) + n - 1   # read where point_starts lives: on the CPU (as the trainer keeps it) no GPU wait
+    if last >= inputs_embeds.shape[1]:
+        raise ValueError(f"point slots reach position {last} of a row of length {inputs_embeds.shape[1]}")
     slots = (point_starts.to(inputs_embeds.device)[:, None] + torch.arange(n, device=inputs_embeds.device)).flatten()
-    if slots.max() >= inputs_embeds.shape[1]:
-        raise ValueError(f"point slots reach position {int(slots.max())} of a row of length {inputs_embeds.shape[1]}")
     return inputs_embeds.index_put((torch.zeros_like(slots), slots), point_embeds.flatten(0, 1))
 
 # %% ../nbs/02_model.ipynb #5cced6bd
@@ -150,6 +152,11 @@ def linear_cross_entropy(hidden: torch.Tensor,      # (N, H) rows that predict s
     return total
 
 # %% ../nbs/02_model.ipynb #dfb80524
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    "`t` on `device` without the host waiting: on CUDA through pinned memory (a pageable copy can wait for the GPU's queue)."
+    if torch.device(device).type == 'cuda' and t.device.type == 'cpu' and not t.is_pinned(): t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
 @patch
 def label_loss(self: CADRecode,
                hidden: torch.Tensor,                # (B, L, H) last hidden states
@@ -158,9 +165,12 @@ def label_loss(self: CADRecode,
               ) -> torch.Tensor:                    # scalar float32
     "Mean next-token NLL over labelled positions, with the LM head applied only to those rows, fused and chunked."
     if self.lm_head.bias is not None: raise ValueError("label_loss expects an LM head without bias, as Qwen2's")
+    # the labelled positions are found where `labels` lives: on the CPU (as the trainer passes them) the GPU is not
+    # waited for, while a boolean mask on the GPU would make the host wait for the whole forward pass
     targets = labels[:, 1:]
-    keep = targets != -100
-    rows, targets = hidden[:, :-1][keep], targets[keep]
+    b, j = (targets != -100).nonzero(as_tuple=True)
+    at = to_device(b * hidden.shape[1] + j, hidden.device)   # row (b, j) of hidden, as one flat index
+    rows, targets = hidden.flatten(0, 1).index_select(0, at), to_device(targets[b, j], hidden.device)
     total = linear_cross_entropy(rows, self.lm_head.weight, targets, self.loss_chunk_size)
     denom = len(targets) if num_items_in_batch is None else num_items_in_batch
     return total / max(denom, 1)
@@ -186,9 +196,10 @@ def forward(self: CADRecode,
     point_starts = None
     if cu_seq_lens is not None:
         check_packed_inputs(self, cu_seq_lens, max_length, attention_mask, past_key_values, position_ids)
+        point_starts = cu_seq_lens[:-1]   # checked where it lives (the trainer keeps it on the CPU: no GPU wait)
+        cu_seq_lens = to_device(cu_seq_lens, position_ids.device)
         kwargs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length)
         attention_mask = dict(full_attention=None, sliding_attention=None)   # the attention reads cu_seq_lens instead
-        point_starts = cu_seq_lens[:-1]
     if labels is not None and use_cache is None: use_cache = False   # training: no KV cache
     first_pass = points is not None and (past_key_values is None or past_key_values.get_seq_length() == 0)
     inputs_embeds = self.embed_inputs(input_ids, points if first_pass else None, inputs_embeds, point_starts)

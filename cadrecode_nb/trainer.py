@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from fastprogress.fastprogress import progress_bar
 
-from .model import CADRecode, tiny_config, qwen2_1_5b_config, use_attention
+from .model import CADRecode, tiny_config, qwen2_1_5b_config, use_attention, to_device
 from .data import load_tokenizer, PointCodeCollator, CADRecodeDataset, add_point_noise
 
 # %% auto #0
@@ -29,9 +29,10 @@ __all__ = ['DTYPES', 'CKPT_FORMAT', 'RESUME_KEYS', 'DDP_BUCKET_MB', 'ConfigError
            'make_ema', 'ResumableSampler', 'noise_generator', 'DistInfo', 'setup_distributed', 'cleanup_distributed',
            'CheckpointError', 'atomic_save', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'rng_state',
            'set_rng_state', 'check_resume_config', 'export_model', 'History', 'read_history', 'count_parameters',
-           'measure_matmul_flops', 'mfu', 'peak_memory_gb', 'plot_history', 'oom_guard', 'check_finite', 'build_model',
-           'open_dataset', 'validation_loss', 'make_trackers', 'wrap_ddp', 'compile_layers', 'train_step',
-           'TrainResult', 'train', 'GreedyEvaluator', 'parse_args', 'main']
+           'measure_matmul_flops', 'mfu', 'peak_memory_gb', 'plot_history', 'oom_guard', 'nonfinite', 'apply_update',
+           'count_skip', 'build_model', 'open_dataset', 'validation_loss', 'make_trackers', 'wrap_ddp',
+           'compile_layers', 'StepNumbers', 'train_step', 'read_step', 'TrainResult', 'train', 'GreedyEvaluator',
+           'parse_args', 'main']
 
 # %% ../nbs/03_trainer.ipynb #a474d7b0
 class ConfigError(ValueError):
@@ -285,9 +286,9 @@ def param_groups(model:torch.nn.Module, lr:float, weight_decay:float, projector_
     return list(groups.values())
 
 def make_optimizer(model:torch.nn.Module, cfg:TrainConfig, device:torch.device) -> torch.optim.AdamW:
-    "AdamW over `param_groups`, fused on CUDA."
+    "AdamW over `param_groups`, fused on CUDA and CPU (elsewhere PyTorch's default implementation)."
     return torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.projector_lr), lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device.type == 'cuda' or None)
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device.type in ('cuda', 'cpu') or None)
 
 # %% ../nbs/03_trainer.ipynb #f534d5fc
 def make_scheduler(optimizer:torch.optim.Optimizer, cfg:TrainConfig):
@@ -571,10 +572,24 @@ def oom_guard(cfg:TrainConfig, step:int, world_size:int=1):
             f"or cap max_code_tokens.") from e
 
 # %% ../nbs/03_trainer.ipynb #30fc6049
-def check_finite(loss:float, grad_norm:float, dtype:str, counter:dict, max_streak:int, step:int) -> bool:
-    "Whether to apply this update; counts skips in `counter` and raises after `max_streak` in a row."
-    ok = math.isfinite(loss) and (math.isfinite(grad_norm) or dtype == 'fp16')
-    if ok: counter['streak'] = 0; return True
+def nonfinite(loss, grad_norm, dtype:str) -> torch.Tensor:
+    "Whether a step's update must be skipped, as a bool tensor where the inputs live: non-finite loss or gradient norm."
+    bad = ~torch.isfinite(torch.as_tensor(loss))
+    return bad if dtype == 'fp16' else bad | ~torch.isfinite(torch.as_tensor(grad_norm))   # fp16: the scaler's business
+
+def apply_update(optimizer:torch.optim.Optimizer, scaler:torch.amp.GradScaler, skip:torch.Tensor):
+    "`optimizer.step()` unless `skip`; decided on the device when the optimizer can (fused AdamW), so the host never waits."
+    if scaler.is_enabled():
+        if not skip.item(): scaler.step(optimizer)   # fp16: the scaler still skips overflowing gradients itself
+    elif getattr(optimizer, '_step_supports_amp_scaling', False):   # fused Adam/AdamW read `found_inf` on the device
+        optimizer.found_inf = skip.float()
+        try: optimizer.step()
+        finally: del optimizer.found_inf
+    elif not skip.item(): optimizer.step()         # any other optimizer: the host has to know
+
+def count_skip(skipped:bool, counter:dict, max_streak:int, step:int) -> bool:
+    "Whether the update was applied; counts skips in `counter` and raises after `max_streak` in a row."
+    if not skipped: counter['streak'] = 0; return True
     counter['skipped'] += 1; counter['streak'] += 1
     if max_streak and counter['streak'] >= max_streak:
         raise FloatingPointError(f"{counter['streak']} non-finite losses/gradients in a row (last at step {step}): "
@@ -612,8 +627,10 @@ def _all_reduce_sum(t:torch.Tensor, dinfo:DistInfo) -> torch.Tensor:
     if dinfo.enabled: dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
+_HOST_KEYS = ('labels', 'cu_seq_lens')   # the model reads these on the CPU (02_model, Forward): no wait for the GPU
+
 def _to(batch:dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {k: to_device(v, device) if torch.is_tensor(v) and k not in _HOST_KEYS else v for k, v in batch.items()}
 
 def _n_labels(batch:dict) -> int: return int((batch['labels'][:, 1:] != -100).sum())
 
@@ -671,8 +688,8 @@ def wrap_ddp(model:torch.nn.Module, device:torch.device, compiled_layers:bool=Fa
         # every compiled layer already hands DDP its gradients layer by layer; dynamo's DDPOptimizer would split each
         # layer's graph again at bucket boundaries, and the host's cost per graph call would be paid several times
         torch._dynamo.config.optimize_ddp = False
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                  gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
+    # no device_ids: DDP would move every input to the GPU, the labels the model reads on the CPU too (_to moves the rest)
+    ddp = DistributedDataParallel(model, gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
     ddp.register_comm_hook(None, default_hooks.allreduce_hook)   # averages a bucket at once, not each of ~340 gradients
     return ddp
 
@@ -682,14 +699,30 @@ def compile_layers(model:CADRecode) -> CADRecode:
     for layer in model.model.layers: layer.compile(dynamic=True, options={'triton.coalesce_tiling_analysis': False})
     return model
 
+class StepNumbers:
+    "A step's scalars, the GPU's copied to the host right behind the step's own work: `read()` waits for that step only."
+    def __init__(self, **values):
+        on_gpu = {k: v for k, v in values.items() if torch.is_tensor(v) and v.device.type != 'cpu'}
+        self.known = {k: float(v) for k, v in values.items() if k not in on_gpu}   # counted on the CPU: nothing to wait for
+        self.keys, self.host, self.done = list(on_gpu), None, None
+        if not on_gpu: return
+        stacked = torch.stack([v.double() for v in on_gpu.values()])
+        if stacked.is_cuda:   # into pinned memory, without waiting; the event marks its arrival
+            self.host = stacked.to('cpu', non_blocking=True)
+            self.done = torch.cuda.Event(); self.done.record(torch.cuda.current_stream(stacked.device))
+        else: self.host = stacked.cpu()
+
+    def read(self) -> dict:
+        if self.done is not None: self.done.synchronize()
+        return {**self.known, **dict(zip(self.keys, self.host.tolist() if self.keys else []))}
+
 def train_step(step_model, model, micro:Sequence[dict], optimizer, scaler, cfg:TrainConfig, device, ctx,
-               dinfo:DistInfo=DistInfo(), nan:dict|None=None, ema=None, step:int=1) -> dict:
-    "One optimizer step over this rank's micro-batches (CPU tensors): token-weighted loss, backward, clip, step."
-    nan = dict(skipped=0, streak=0) if nan is None else nan
+               dinfo:DistInfo=DistInfo(), ema=None, step:int=1) -> StepNumbers:
+    "One optimizer step over this rank's micro-batches (CPU tensors), queued on the device without waiting for it."
     # weights: label tokens of the whole global batch (and all tokens, for throughput), counted on the CPU
     counts = torch.tensor([[_n_labels(b), _n_tokens(b)] for b in micro], dtype=torch.float64)
-    n_label, n_tokens = _all_reduce_sum(counts.sum(0).to(device), dinfo).tolist()
-    n_label = max(n_label, 1.0)
+    totals = _all_reduce_sum(to_device(counts.sum(0), device), dinfo) if dinfo.enabled else counts.sum(0)
+    n_label = totals[0].clamp(min=1)
     # forward/backward; DDP all-reduces gradients only on the last micro-batch
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     with oom_guard(cfg, step, dinfo.world_size):
@@ -697,19 +730,25 @@ def train_step(step_model, model, micro:Sequence[dict], optimizer, scaler, cfg:T
             sync = k == len(micro) - 1 or not dinfo.enabled
             with nullcontext() if sync else step_model.no_sync():
                 with ctx: loss = step_model(**_to(b, device)).loss
-                scaler.scale(loss * (counts[k, 0].item() * dinfo.world_size / n_label)).backward()
+                share = (counts[k, 0] * dinfo.world_size / n_label).float()   # of the global batch's label tokens
+                scaler.scale(loss * share).backward()
             loss_sum += loss.detach().double() * counts[k, 0].item()
-    # unscale, clip, step (skipped when not finite)
+    # unscale, clip, step: skipped on the device when not finite
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf')).item()
-    loss_val = _all_reduce_sum(loss_sum, dinfo).item() / n_label
-    stepped = check_finite(loss_val, grad_norm, cfg.dtype, nan, cfg.max_nan_streak, step)
-    if stepped:
-        scaler.step(optimizer)
-        if ema is not None: ema.update_parameters(model)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf'))
+    loss_mean = _all_reduce_sum(loss_sum, dinfo) / n_label
+    skip = nonfinite(loss_mean, grad_norm, cfg.dtype)
+    apply_update(optimizer, scaler, skip)
+    if ema is not None and not skip.item(): ema.update_parameters(model)   # AveragedModel cannot skip on the device
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return dict(loss=loss_val, grad_norm=grad_norm, tokens=n_tokens, labels=n_label, stepped=stepped)
+    return StepNumbers(loss=loss_mean, grad_norm=grad_norm, skipped=skip, tokens=totals[1], labels=n_label)
+
+def read_step(numbers:StepNumbers, nan:dict|None=None, max_streak:int=0, step:int=1) -> dict:
+    "`train_step`'s numbers as floats (waiting for that step if need be), its skip counted in `nan` (`count_skip`)."
+    out = numbers.read()
+    out['stepped'] = count_skip(bool(out.pop('skipped')), dict(skipped=0, streak=0) if nan is None else nan, max_streak, step)
+    return out
 
 # %% ../nbs/03_trainer.ipynb #b13dde1e
 @dataclass
@@ -794,37 +833,54 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
             ckpt_path = save_checkpoint(state, ckpt_dir, cfg.keep_last, best=is_best)
         if dinfo.enabled: dist.barrier()
 
-    # ---- the loop ----------------------------------------------------------------------------------------------------
-    model.train()
-    bar = progress_bar(range(step, stop), total=stop - step) if dinfo.is_main and cfg.progress and stop > step \
-          else range(step, stop)
-    for it in bar:
-        t0 = time.perf_counter()
-        # 1. batch: this rank's share of global step `it`, noise seeded by (seed, step, rank, micro-batch)
+    def batch_of(it:int) -> list[dict]:
+        "This rank's micro-batches of global step `it`; noise seeded by (seed, step, rank, micro-batch)."
         idx = sampler.micro_batches(it, cfg.batch_size, cfg.micro_batch_size, dinfo.rank, dinfo.world_size)
         micro = []
         for k, ids in enumerate(idx):
             b = collate([train_ds[int(i)] for i in ids])
             b['points'] = add_point_noise(b['points'], cfg.noise_p, cfg.noise_std, noise_generator(cfg.seed, it, dinfo.rank, k))
             micro.append(b)
-        # 2. the optimizer step
-        result = train_step(step_model, model, micro, optimizer, scaler, cfg, device, ctx, dinfo, nan, ema, it + 1)
-        loss_val, grad_norm, n_tokens = result['loss'], result['grad_norm'], result['tokens']
-        # 3. the schedule moves on
-        lrs = scheduler.get_last_lr(); scheduler.step()
-        step = it + 1
-        # 4. records
-        dt = time.perf_counter() - t0
-        if step % max(cfg.log_every, 1) == 0 or step == stop:
-            rec = dict(kind='train', step=step, loss=loss_val, lr=lrs[0], lrs=lrs, grad_norm=grad_norm,
+        return micro
+
+    def pauses(s:int) -> bool:
+        "Whether step `s` ends in validation, evaluation or a checkpoint: they need its numbers and its weights."
+        every = (cfg.val_every, cfg.save_every, cfg.eval_every if evaluator is not None else 0)
+        return s in (stop, cfg.steps) or any(n and s % n == 0 for n in every)
+
+    def record(s:int, it:int, numbers:StepNumbers, lrs:list):
+        "Read step `s`'s numbers (waiting for the GPU to finish that step) and write its train record."
+        nonlocal last_read
+        res = read_step(numbers, nan, cfg.max_nan_streak, s)
+        now = time.perf_counter(); dt, last_read = now - last_read, now
+        loss_val, n_tokens = res['loss'], res['tokens']
+        if s % max(cfg.log_every, 1) == 0 or s == stop:
+            rec = dict(kind='train', step=s, loss=loss_val, lr=lrs[0], lrs=lrs, grad_norm=res['grad_norm'],
                        tokens=int(n_tokens), step_s=dt, tokens_per_s=n_tokens / dt,
                        mfu=mfu(n_params, n_tokens / dt, peak * dinfo.world_size), peak_mem_gb=peak_memory_gb(device),
-                       nan_skipped=nan['skipped'], samples=step * cfg.batch_size)
+                       nan_skipped=nan['skipped'], samples=s * cfg.batch_size)
             if cfg.record_indices: rec['indices'] = sampler.take(it * cfg.batch_size, cfg.batch_size).tolist()
             history.append(rec)
             if bar is not None and hasattr(bar, 'comment'):
                 bar.comment = f"loss {loss_val:.3f} lr {lrs[0]:.2e} {n_tokens / dt:,.0f} tok/s"
-        # 5. validation, evaluation, best, checkpoint
+
+    # ---- the loop ----------------------------------------------------------------------------------------------------
+    model.train()
+    bar = progress_bar(range(step, stop), total=stop - step) if dinfo.is_main and cfg.progress and stop > step \
+          else range(step, stop)
+    pending, last_read = None, time.perf_counter()   # pending: the step launched last, its numbers not read yet
+    for it in bar:
+        # 1. batch, and the optimizer step queued on the GPU (nothing in it waits for the device)
+        numbers = train_step(step_model, model, batch_of(it), optimizer, scaler, cfg, device, ctx, dinfo, ema, it + 1)
+        # 2. the schedule moves on
+        lrs = scheduler.get_last_lr(); scheduler.step()
+        step = it + 1
+        # 3. records, one step late: the host has queued this step before it waits for the previous one
+        if pending is not None: record(*pending)
+        pending = (step, it, numbers, lrs)
+        if not pauses(step): continue
+        record(*pending); pending = None
+        # 4. validation, evaluation, best, checkpoint: they see this step's weights, so nothing is queued beyond it
         new = []
         if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps:
             vl = validation_loss(ema.module if ema is not None else model, val_ds, collate, cfg, device, dinfo)
@@ -841,6 +897,7 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
             if v is not None and math.isfinite(v) and (best is None or (v < best['value'] if cfg.best_mode == 'min' else v > best['value'])):
                 best, is_best = dict(metric=cfg.best_metric, value=v, step=step), True
         if is_best or (cfg.save_every and step % cfg.save_every == 0) or step == stop: checkpoint(is_best)
+        last_read = time.perf_counter()   # validation and checkpoints are not the next step's time
     # ---- the end -------------------------------------------------------------------------------------------------------
     if step == cfg.steps and cfg.export and dinfo.is_main:
         export_model(ema.module if ema is not None else model, tokenizer, out/'model')

@@ -5,10 +5,11 @@
 
 Weak scaling: every rank runs `--batch` samples per step (the recipe's 18), lengths drawn as `train_step.py` draws them,
 each rank from its own seed. The step is `cadrecode_nb.trainer.train_step` (the function `train` calls) on `CADRecode`
-with Qwen2-1.5B shapes, packed rows and compiled layers. Each DDP variant of `--variants` wraps a fresh model, in
+with Qwen2-1.5B shapes, packed rows and compiled layers, run as `train` runs it (each step's numbers read one step
+late). Each DDP variant of `--variants` wraps a fresh model, in
 turn, `--rounds` times; medians over rounds of each run's mean step time. With one process there is no DDP: the row
 is the one-GPU reference. `--profile N` adds torch.profiler over N steps of the first variant, on rank 0: how much of
-NCCL's kernel time runs alongside compute and how much is exposed, and the GPU's idle time.
+NCCL's kernel time runs alongside compute and how much is exposed, and the GPU's idle time (`idle_split`).
 Unlike the trainer's own loop (`bench/scaling.sh`), no batch is collated inside the timed step.
 """
 import argparse, json, os, statistics, sys, time

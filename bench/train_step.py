@@ -4,7 +4,8 @@
 
 The straightforward step is `naive_hf_step.py` (HF Qwen2ForCausalLM, padded batches, full-vocabulary logits,
 fused AdamW), run unchanged through its own `main()`. The kit's step is `cadrecode_nb.trainer.train_step`, the
-function `train` calls, on `CADRecode` with Qwen2-1.5B shapes and random weights. Both keep float32 master weights
+function `train` calls, run as `train` runs it (`run_steps`: each step's numbers read one step late), on `CADRecode`
+with Qwen2-1.5B shapes and random weights. Both keep float32 master weights
 under bf16 autocast (`--weights fp32` for the peer), the paper recipe's precision. Both cannot live on one GPU at
 once, so every round builds each variant afresh, in turn: [peer, kit variants...] x rounds; the table quotes the
 median over rounds of each run's mean step time.
@@ -16,7 +17,8 @@ Variants: `kit` = packed rows + varlen attention + fused linear cross-entropy + 
 padded) and the kit's (packed, fused): the two losses and the relative gradient difference.
 `--curve N`: N steps of both on the same real batches from `--data`, from the same initial weights: loss curves.
 `--generate`: KV-cached generation of `--new-tokens` tokens at batch 1, 16, 64 with each decoder of `--caches`.
-`--profile N`: GPU time of N kit steps by kernel kind (matmul, attention, optimizer, compiled, ...).
+`--profile N`: GPU time of N kit steps by kernel kind (matmul, attention, optimizer, compiled, ...), and the GPU's idle
+time split by whose turn it was (`idle_split`: the host had not launched the next kernel yet, or it was queued).
 """
 import argparse, contextlib, copy, gc, importlib.util, io, json, math, random, statistics, sys, time
 from pathlib import Path

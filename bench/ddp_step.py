@@ -38,8 +38,8 @@ def wrap(model, device, variant:str):
     if split != torch._dynamo.config.optimize_ddp: torch._dynamo.reset()   # recompile the layers under the new setting
     if variant == 'trainer': return wrap_ddp(model, device, compiled_layers=True)
     torch._dynamo.config.optimize_ddp = split
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                  gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
+    # no device_ids, as in wrap_ddp: the labels stay on the CPU, where the model reads them
+    ddp = DistributedDataParallel(model, gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
     if hook is not None: ddp.register_comm_hook(None, hook)
     return ddp
 

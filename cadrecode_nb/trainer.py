@@ -26,13 +26,13 @@ from .data import load_tokenizer, PointCodeCollator, CADRecodeDataset, add_point
 __all__ = ['DTYPES', 'CKPT_FORMAT', 'RESUME_KEYS', 'DDP_BUCKET_MB', 'ConfigError', 'TrainConfig', 'coerce_value',
            'validate_config', 'apply_overrides', 'config_dir', 'load_config', 'detect_device', 'autocast_for',
            'make_grad_scaler', 'enable_tf32', 'param_groups', 'make_optimizer', 'make_scheduler', 'lr_curve',
-           'make_ema', 'ResumableSampler', 'noise_generator', 'DistInfo', 'setup_distributed', 'cleanup_distributed',
-           'CheckpointError', 'atomic_save', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'rng_state',
-           'set_rng_state', 'check_resume_config', 'export_model', 'History', 'read_history', 'count_parameters',
-           'measure_matmul_flops', 'mfu', 'peak_memory_gb', 'plot_history', 'oom_guard', 'nonfinite', 'apply_update',
-           'count_skip', 'build_model', 'open_dataset', 'validation_loss', 'make_trackers', 'wrap_ddp',
-           'compile_layers', 'StepNumbers', 'train_step', 'read_step', 'TrainResult', 'train', 'GreedyEvaluator',
-           'parse_args', 'main']
+           'make_ema', 'ResumableSampler', 'deal_evenly', 'code_lengths', 'noise_generator', 'DistInfo',
+           'setup_distributed', 'cleanup_distributed', 'CheckpointError', 'atomic_save', 'load_checkpoint',
+           'save_checkpoint', 'latest_checkpoint', 'rng_state', 'set_rng_state', 'check_resume_config', 'export_model',
+           'History', 'read_history', 'count_parameters', 'measure_matmul_flops', 'mfu', 'peak_memory_gb',
+           'plot_history', 'oom_guard', 'nonfinite', 'clip_coef', 'apply_update', 'count_skip', 'build_model',
+           'open_dataset', 'validation_loss', 'make_trackers', 'wrap_ddp', 'compile_layers', 'StepNumbers',
+           'train_step', 'read_step', 'TrainResult', 'train', 'GreedyEvaluator', 'parse_args', 'main']
 
 # %% ../nbs/03_trainer.ipynb #a474d7b0
 class ConfigError(ValueError):
@@ -325,14 +325,34 @@ class ResumableSampler:
         return np.concatenate([self.permutation(e)[pos[pos // self.n == e] % self.n] for e in np.unique(pos // self.n)]) \
                if count else np.zeros(0, dtype=np.int64)
 
-    def micro_batches(self, step:int, batch_size:int, micro_batch_size:int, rank:int=0, world_size:int=1) -> list[np.ndarray]:
-        "This rank's micro-batches of global step `step` (0-based)."
+    def micro_batches(self, step:int, batch_size:int, micro_batch_size:int, rank:int=0, world_size:int=1,
+                      costs:np.ndarray|None=None) -> list[np.ndarray]:
+        "This rank's micro-batches of global step `step` (0-based): contiguous, or dealt by `costs` (one per sample, `deal_evenly`)."
         per_rank = batch_size // world_size
         if per_rank * world_size != batch_size or per_rank % micro_batch_size:
             raise ConfigError(f"config key 'batch_size' = {batch_size}: not divisible by micro_batch_size={micro_batch_size}"
                               f" x world_size={world_size}; pick micro_batch_size so that it is")
-        idx = self.take(step * batch_size + rank * per_rank, per_rank)
-        return [idx[i:i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
+        idx, n_micro = self.take(step * batch_size, batch_size), per_rank // micro_batch_size
+        parts = np.arange(batch_size).reshape(-1, micro_batch_size) if costs is None else \
+                deal_evenly(costs[idx], batch_size // micro_batch_size)
+        return [idx[p] for p in parts[rank * n_micro:(rank + 1) * n_micro]]
+
+# %% ../nbs/03_trainer.ipynb #8e5d3f69
+def deal_evenly(costs:np.ndarray, n_parts:int) -> np.ndarray:
+    "Positions of `costs` dealt into `n_parts` equal-size parts, costliest first, each to the cheapest part with room: (n_parts, size), rows sorted."
+    size = len(costs) // n_parts
+    if size * n_parts != len(costs): raise ValueError(f"{len(costs)} items do not split into {n_parts} equal parts")
+    parts, sums = [[] for _ in range(n_parts)], np.zeros(n_parts)
+    for i in np.argsort(-np.asarray(costs, dtype=float), kind='stable'):
+        p = min((q for q in range(n_parts) if len(parts[q]) < size), key=lambda q: sums[q])
+        parts[p].append(i); sums[p] += costs[i]
+    return np.array([sorted(p) for p in parts])
+
+def code_lengths(ds) -> np.ndarray:
+    "Each sample's program length in characters (`ds.codes` when the dataset has them): what its share of a step grows with."
+    codes = getattr(ds, 'codes', None)
+    if codes is None: codes = [ds[i]['code'] for i in range(len(ds))]
+    return np.array([len(c) for c in codes], dtype=np.int64)
 
 # %% ../nbs/03_trainer.ipynb #6279f350
 def noise_generator(seed:int, step:int, rank:int=0, micro:int=0) -> torch.Generator:
@@ -577,15 +597,27 @@ def nonfinite(loss, grad_norm, dtype:str) -> torch.Tensor:
     bad = ~torch.isfinite(torch.as_tensor(loss))
     return bad if dtype == 'fp16' else bad | ~torch.isfinite(torch.as_tensor(grad_norm))   # fp16: the scaler's business
 
-def apply_update(optimizer:torch.optim.Optimizer, scaler:torch.amp.GradScaler, skip:torch.Tensor):
-    "`optimizer.step()` unless `skip`; decided on the device when the optimizer can (fused AdamW), so the host never waits."
-    if scaler.is_enabled():
-        if not skip.item(): scaler.step(optimizer)   # fp16: the scaler still skips overflowing gradients itself
-    elif getattr(optimizer, '_step_supports_amp_scaling', False):   # fused Adam/AdamW read `found_inf` on the device
+def clip_coef(grad_norm:torch.Tensor, max_norm:float) -> torch.Tensor:
+    "The factor `clip_grad_norm_` multiplies the gradients by: `max_norm / (grad_norm + 1e-6)`, at most 1 (1 if `max_norm` is 0)."
+    if not max_norm: return torch.ones_like(grad_norm)
+    return (max_norm / (grad_norm + 1e-6)).clamp(max=1.0)
+
+def _params(optimizer): return [p for g in optimizer.param_groups for p in g['params'] if p.grad is not None]
+
+def apply_update(optimizer:torch.optim.Optimizer, scaler:torch.amp.GradScaler, skip:torch.Tensor,
+                 grad_norm:torch.Tensor|None=None, max_norm:float=0.):
+    "Clip the gradients to global norm `max_norm` (0: no clipping) and step, unless `skip`; on the device when the optimizer can."
+    if getattr(optimizer, '_step_supports_amp_scaling', False) and not scaler.is_enabled():
+        # fused Adam/AdamW: in their one kernel they divide each gradient by `grad_scale` and skip where `found_inf`
         optimizer.found_inf = skip.float()
+        if max_norm: optimizer.grad_scale = clip_coef(grad_norm, max_norm).reciprocal()
         try: optimizer.step()
-        finally: del optimizer.found_inf
-    elif not skip.item(): optimizer.step()         # any other optimizer: the host has to know
+        finally:
+            for k in ('found_inf', 'grad_scale'): optimizer.__dict__.pop(k, None)   # nothing left for the next step
+        return
+    if skip.item(): return                         # any other optimizer, and fp16: the host has to know
+    if max_norm: torch.nn.utils.clip_grads_with_norm_(_params(optimizer), max_norm, grad_norm)
+    scaler.step(optimizer)                         # optimizer.step(); fp16: the scaler still skips overflowing gradients
 
 def count_skip(skipped:bool, counter:dict, max_streak:int, step:int) -> bool:
     "Whether the update was applied; counts skips in `counter` and raises after `max_streak` in a row."
@@ -735,10 +767,10 @@ def train_step(step_model, model, micro:Sequence[dict], optimizer, scaler, cfg:T
             loss_sum += loss.detach().double() * counts[k, 0].item()
     # unscale, clip, step: skipped on the device when not finite
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf'))
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     loss_mean = _all_reduce_sum(loss_sum, dinfo) / n_label
     skip = nonfinite(loss_mean, grad_norm, cfg.dtype)
-    apply_update(optimizer, scaler, skip)
+    apply_update(optimizer, scaler, skip, grad_norm, cfg.grad_clip)
     if ema is not None and not skip.item(): ema.update_parameters(model)   # AveragedModel cannot skip on the device
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -787,6 +819,7 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
     optimizer, scaler = make_optimizer(model, cfg, device), make_grad_scaler(device, cfg.dtype)
     scheduler, ema = make_scheduler(optimizer, cfg), make_ema(model, cfg.ema_decay)
     sampler = ResumableSampler(len(train_ds), cfg.seed)
+    costs = code_lengths(train_ds) if dinfo.enabled else None   # ranks wait for the slowest: deal evenly
     history = History(out/'history.jsonl', enabled=dinfo.is_main)
     step, best, nan, ckpt_path = 0, None, dict(skipped=0, streak=0), None
     # ---- resume ------------------------------------------------------------------------------------------------------
@@ -835,7 +868,7 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
 
     def batch_of(it:int) -> list[dict]:
         "This rank's micro-batches of global step `it`; noise seeded by (seed, step, rank, micro-batch)."
-        idx = sampler.micro_batches(it, cfg.batch_size, cfg.micro_batch_size, dinfo.rank, dinfo.world_size)
+        idx = sampler.micro_batches(it, cfg.batch_size, cfg.micro_batch_size, dinfo.rank, dinfo.world_size, costs)
         micro = []
         for k, ids in enumerate(idx):
             b = collate([train_ds[int(i)] for i in ids])

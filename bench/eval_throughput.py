@@ -6,6 +6,7 @@ timed); then `score_generations` runs exactly as `cadrecode_eval score` does, gr
 
     python bench/eval_throughput.py                  # 120 items x 1 candidate, all cores
     python bench/eval_throughput.py --n 60 --k 4     # 60 items x 4 candidates
+    python bench/eval_throughput.py --layers all,none --rounds 3   # the sandbox layers' cost: alternating pools
 Runs the score step twice: cold (ground-truth programs executed as well) and warm (ground truths from `gt_cache`).
 Reports wall-clock programs/s, and CPU seconds per program (workers + parent), which gives the rate on an otherwise
 idle machine when other jobs share the cores. Target: >= 5 programs/s on 2 cores.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cadrecode_nb.eval import (perturb_program, score_generations, write_jsonl, normalize_target, sample_surface)
-from cadrecode_nb.sandbox import CadWorkerPool
+from cadrecode_nb.sandbox import RUNTIME_LAYERS, CadWorkerPool
 
 
 REF = [  # the two REFERENCE.md example programs
@@ -59,6 +60,22 @@ def timed_score(tmp, pool, a, cache, out):
     return rep, dt, time.process_time() - p0, _cpu_seconds(pids) - w0
 
 
+def prepare(tmp, pool, codes, a):
+    "Untimed: the stand-in generations and the input clouds a model would have seen; the number of predicted programs"
+    rng = np.random.default_rng(a.seed)
+    rows, ids, pts = [], [], []
+    for i, (code, res) in enumerate(zip(codes, pool.map(codes))):
+        if not res.ok: continue
+        rows.append(dict(id=f'b{i}', programs=[perturb_program(code, rng) for _ in range(a.k)], gt_program=code))
+        ids.append(f'b{i}'); pts.append(2 * sample_surface(normalize_target(res.mesh()), 256, seed=i) - 1)
+    write_jsonl(tmp / 'generations.jsonl', rows)
+    np.savez(tmp / 'inputs.npz', ids=np.array(ids), points=np.stack(pts).astype(np.float32))
+    return sum(len(r['programs']) for r in rows)
+
+
+LAYER_SETS = {'all': RUNTIME_LAYERS, 'none': ()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--n', type=int, default=120, help='ground-truth items')
@@ -66,34 +83,39 @@ def main():
     ap.add_argument('--workers', type=int, default=None, help='sandbox workers (default: all cores)')
     ap.add_argument('--seed', type=int, default=7)
     ap.add_argument('--normalization', default='bbox')
+    ap.add_argument('--layers', default='all', help="comma-separated runtime layer sets to time, alternating: "
+                    "'all' (the default sandbox), 'none' (no runtime layer), or layer names joined by '+'")
+    ap.add_argument('--rounds', type=int, default=1, help='rounds over the layer sets (medians are reported)')
     a = ap.parse_args()
+    sets = {name: LAYER_SETS.get(name, tuple(name.split('+'))) for name in a.layers.split(',')}
     codes, source = ground_truth_programs(a.n, a.seed)
-    rng = np.random.default_rng(a.seed)
-    cores = os.cpu_count()
-    with tempfile.TemporaryDirectory(prefix='eval_bench_') as tmp, CadWorkerPool(n_workers=a.workers, strict=False) as pool:
+    cores, rates = os.cpu_count(), {(name, out): [] for name in sets for out in ('cold', 'warm')}
+    with tempfile.TemporaryDirectory(prefix='eval_bench_') as tmp:
         tmp = Path(tmp)
-        gts = pool.map(codes)  # untimed preparation: the input clouds a model would have seen
-        rows, ids, pts = [], [], []
-        for i, (code, res) in enumerate(zip(codes, gts)):
-            if not res.ok: continue
-            rows.append(dict(id=f'b{i}', programs=[perturb_program(code, rng) for _ in range(a.k)], gt_program=code))
-            ids.append(f'b{i}'); pts.append(2 * sample_surface(normalize_target(res.mesh()), 256, seed=i) - 1)
-        write_jsonl(tmp / 'generations.jsonl', rows)
-        np.savez(tmp / 'inputs.npz', ids=np.array(ids), points=np.stack(pts).astype(np.float32))
-        n_pred = sum(len(r['programs']) for r in rows)
-        print(f'ground truth: {source}; {len(rows)} items x {a.k} candidates = {n_pred} predicted programs; '
-              f'{pool.n_workers} workers on {cores} cores')
-        for label, out in (('cold (ground truths executed too)', 'cold'), ('warm (ground truths cached)', 'warm')):
-            load0 = os.getloadavg()[0]
-            rep, dt, cpu_parent, cpu_workers = timed_score(tmp, pool, a, tmp / 'gt_cache', out)
-            cpu = cpu_parent + cpu_workers
-            print(f'{label}: {dt:.1f} s wall -> {n_pred / dt:.2f} predicted programs/s; {rep.timings["n_executed"]} '
-                  f'programs executed; CPU {cpu:.1f} s (workers {cpu_workers:.1f}, parent {cpu_parent:.1f}) = '
-                  f'{1000 * cpu / n_pred:.0f} ms/program -> {cores * n_pred / cpu:.2f} programs/s if the {cores} cores '
-                  f'were ours; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}')
+        for rnd in range(a.rounds):
+            for name, layers in sets.items():
+                with CadWorkerPool(n_workers=a.workers, strict=False, layers=layers) as pool:
+                    n_pred = prepare(tmp, pool, codes, a)
+                    print(f'round {rnd + 1}, layers {name} ({"+".join(layers) or "none"}): ground truth {source}; '
+                          f'{n_pred // a.k} items x {a.k} candidates = {n_pred} predicted programs; '
+                          f'{pool.n_workers} workers on {cores} cores')
+                    for label, out in (('cold (ground truths executed too)', 'cold'), ('warm (ground truths cached)', 'warm')):
+                        load0 = os.getloadavg()[0]
+                        cache = tmp / f'gt_cache_{name}_{rnd}'
+                        rep, dt, cpu_parent, cpu_workers = timed_score(tmp, pool, a, cache, f'{out}_{name}_{rnd}')
+                        cpu = cpu_parent + cpu_workers
+                        rates[name, out].append((n_pred / dt, 1000 * cpu / n_pred))
+                        print(f'  {label}: {dt:.1f} s wall -> {n_pred / dt:.2f} predicted programs/s; '
+                              f'{rep.timings["n_executed"]} programs executed; CPU {cpu:.1f} s (workers {cpu_workers:.1f}, '
+                              f'parent {cpu_parent:.1f}) = {1000 * cpu / n_pred:.0f} ms/program -> {cores * n_pred / cpu:.2f} '
+                              f'programs/s if the {cores} cores were ours; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}')
     valid = sum(c['cd'] is not None for r in rep.records for c in r['candidates'])
     print(f'{valid}/{n_pred} predictions valid; time split of the last run (s): {rep.timings}')
     print(rep.table(test_set='bench stand-ins', published=False))
+    print('medians over rounds:')
+    for (name, out), vals in rates.items():
+        print(f'  layers {name:5} {out}: {np.median([v[0] for v in vals]):.2f} programs/s wall, '
+              f'{np.median([v[1] for v in vals]):.1f} ms CPU per program')
 
 
 if __name__ == '__main__':

@@ -348,14 +348,14 @@ def stage_generate(run:ReproduceRun, progress:bool=True) -> dict:
                 distinct_per_item=round(float(np.mean([len(set(r['programs'])) for r in rows])), 2))
 
 # %% ../nbs/05_reproduce.ipynb #95eebc3a
-_PICK_KEYS = ('program', 'status', 'message', 'cd', 'iou', 'n_chars')
+_PICK_KEYS = ('program', 'status', 'message', 'cd', 'iou', 'n_chars', 'valid_solid')
 
 def first_candidate_records(records:Sequence[dict]) -> list[dict]:
     "Score records cut to their first candidate: what scoring the first candidates alone gives."
     out = []
     for r in records:
         c0 = r['candidates'][0]
-        out.append(dict(r, **{k: c0[k] for k in _PICK_KEYS}, k=1, first=0, picked=0, oracle=0, candidates=[c0]))
+        out.append(dict(r, **{k: c0[k] for k in _PICK_KEYS if k in c0}, k=1, first=0, picked=0, oracle=0, candidates=[c0]))
     return out
 
 def _write_score(rep:ScoreReport, out_dir:Path, **extra):
@@ -382,7 +382,7 @@ def stage_score(run:ReproduceRun, progress:bool=True) -> dict:
         _write_score(reports['greedy'], tmp/'greedy', derived_from=f'candidate 0 of {name}')
     _replace_dir(tmp, run.score_dir)
     return dict(timings=rep.timings, gt_failed=len(rep.gt_failed),
-                **{f'{n}_{row}': {k: r.summary[row][k] for k in ('n', 'ir', 'mean_cd', 'median_cd', 'iou')}
+                **{f'{n}_{row}': {k: r.summary[row].get(k) for k in ('n', 'ir', 'ir_solid', 'mean_cd', 'median_cd', 'iou')}
                    for n, r in reports.items() for row in (('first',) if n == 'greedy' else ('first', 'picked', 'oracle'))})
 
 # %% ../nbs/05_reproduce.ipynb #4c27aadb
@@ -390,7 +390,8 @@ def _cell(v, nd=3): return '-' if v is None else f'{v:.{nd}f}'
 
 def results_markdown(summaries:dict, k:int, test_set:str='procedural held-out', normalization:str='bbox') -> str:
     "Markdown table: the kit's rows (greedy; k candidates picked by input; oracle) beside the published rows."
-    head = '| method | test set | protocol | n | IR % | mean CD x1000 | median CD x1000 | IoU % |\n|---|---|---|---:|---:|---:|---:|---:|'
+    head = ("| method | test set | protocol | n | IR % | IR\\* % (kit) | mean CD x1000 | median CD x1000 | IoU % |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|")
     rows, ours = [head], []
     if 'greedy' in summaries: ours.append(('this kit, 1 candidate (greedy)', summaries['greedy']['first']))
     if k > 1 and f'k{k}' in summaries:
@@ -398,9 +399,9 @@ def results_markdown(summaries:dict, k:int, test_set:str='procedural held-out', 
                  (f'this kit, {k} candidates, ORACLE pick (vs GT, not a result)', summaries[f'k{k}']['oracle'])]
     for label, s in ours:
         rows.append(f"| {label} | **{test_set}** | {normalization} (this kit) | {s['n']} | {_cell(s['ir'], 2)} | "
-                    f"{_cell(s['mean_cd'])} | {_cell(s['median_cd'])} | {_cell(s['iou'], 1)} |")
+                    f"{_cell(s.get('ir_solid'), 2)} | {_cell(s['mean_cd'])} | {_cell(s['median_cd'])} | {_cell(s['iou'], 1)} |")
     for p in PUBLISHED:
-        rows.append(f"| {p['method']} (published) | {p['test_set']} | {p['protocol']} | | {_cell(p['ir'], 2)} | "
+        rows.append(f"| {p['method']} (published) | {p['test_set']} | {p['protocol']} | | {_cell(p['ir'], 2)} | - | "
                     f"{_cell(p['mean_cd'])} | {_cell(p['median_cd'])} | {_cell(p['iou'], 1)} |")
     return '\n'.join(rows)
 
@@ -509,6 +510,8 @@ def write_report(run:ReproduceRun, progress:bool=True) -> Path:
            "with a 1.5B-parameter model trained for 100k steps on 1M programs: they show what the full recipe reaches, "
            "they are not numbers this run should match. CD is x1000 under the '"
            f"{p.normalization}' normalisation; CD and IoU are averaged over valid items only, so read them beside IR. "
+           "IR\\* is the kit's own, stricter invalidity ratio: items whose chosen program builds no BRepCheck-valid, "
+           "closed solid of positive volume (the published protocol counts any shape with more than two faces). "
            "The ORACLE row chooses among candidates by the ground truth and is an upper bound, not a result.", '']
     fig, axs = plt.subplots(1, len(names), figsize=(5 * len(names), 3), squeeze=False)
     for ax, n in zip(axs[0], names): plot_cd_histogram(results[n], ax=ax, row='picked'); ax.set_title(f'CD, {n}')

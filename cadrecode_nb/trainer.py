@@ -543,7 +543,8 @@ def measure_matmul_flops(device:torch.device, dtype:str='fp32', n:int|None=None,
     "Measured FLOP/s of an n x n matmul in `dtype` on `device` (the MFU denominator when none is given)."
     if device.type == 'cpu': dtype = 'fp32'                  # CPU peaks are quoted for fp32
     n = n or (8192 if device.type == 'cuda' else 512)
-    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype]); b = torch.randn_like(a)
+    g = torch.Generator(device).manual_seed(0)   # its own generator: the global ones drive dropout and come back on resume
+    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[dtype], generator=g) for _ in range(2))
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     a @ b; sync(); t = time.perf_counter()
     for _ in range(reps): a @ b

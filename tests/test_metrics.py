@@ -13,11 +13,14 @@ def _box(size, at=(0, 0, 0)):
     m = trimesh.creation.box(size); m.apply_translation(at); return m
 
 
+def _one_way(p, q):
+    "Mean over `p` of the squared distance to the nearest point of `q`: all pairs in chunks (numpy only), no k-d tree"
+    return np.concatenate([((p[i:i + 512, None] - q[None]) ** 2).sum(-1).min(1) for i in range(0, len(p), 512)]).mean()
+
+
 def _brute_chamfer(a, b):
-    "All-pairs squared distances in chunks (numpy only): the definition, no k-d tree"
-    def one_way(p, q):
-        return np.concatenate([((p[i:i + 512, None] - q[None]) ** 2).sum(-1).min(1) for i in range(0, len(p), 512)]).mean()
-    return one_way(a, b) + one_way(b, a)
+    "The definition: both directions of all-pairs squared nearest distances"
+    return _one_way(a, b) + _one_way(b, a)
 
 
 def test_cd_self_same_sampling_is_zero():
@@ -112,6 +115,58 @@ def test_score_item_picks_by_input_and_never_an_invalid_candidate():
     s = summarize([rec])
     assert s['first']['ir'] == 100 and s['picked']['ir'] == 0 and s['k'] == 4
     assert 'ORACLE' in summary_table(s)
+
+
+@pytest.mark.parametrize('normalization', ['bbox', 'demo'])
+def test_score_item_cd_is_the_two_sided_chamfer_of_its_samples(normalization):
+    """The CD every table shows (computed inside score_item) against brute force on the samples the protocol names:
+    GT sampled with `seed`, each candidate with `seed + 1`, both in the unit cube; the same for the input agreement."""
+    truth = _box((2, 1, 0.5))                                                    # GT: any units
+    inp = 2 * sample_surface(normalize_target(truth), 256, seed=5) - 1           # what the model saw, in [-1, 1]
+    extra = _box((200, 100, 50)) + _box((50, 50, 50), (150, 0, 0))              # code units: right part + extra piece
+    missing = _box((100, 100, 50), (-50, 0, 0))                                  # code units: half of it
+    rec = score_item(ItemTarget(truth, inp), [_Res(extra), _Res(missing)], ['extra', 'missing'],
+                     normalization=normalization, n_points=1024, seed=3, keep_meshes=True)
+    m = rec['meshes']
+    np.testing.assert_allclose(m['gt'].bounds, [[0, .25, .375], [1, .75, .625]], atol=1e-12)   # by hand
+    hand = {'bbox': ([[0, .5 - 50 / 275, .5 - 25 / 275], [1, .5 + 50 / 275, .5 + 25 / 275]], [[0, 0, .25], [1, 1, .75]]),
+            'demo': ([[0, .25, .375], [1.375, .75, .625]], [[0, .25, .375], [.5, .75, .625]])}[normalization]
+    for i, b in enumerate(hand): np.testing.assert_allclose(m[str(i)].bounds, b, atol=1e-12)
+    gt_pts, unit_in = trimesh.sample.sample_surface(m['gt'], 1024, seed=3)[0], inp / 2 + 0.5
+    for i, c in enumerate(rec['candidates']):
+        pts = trimesh.sample.sample_surface(m[str(i)], 1024, seed=4)[0]
+        to_pred, to_gt = _one_way(gt_pts, pts), _one_way(pts, gt_pts)
+        assert min(to_pred, to_gt) > 0.01 * (to_pred + to_gt)                   # dropping either direction shows
+        assert c['cd'] == pytest.approx(CD_SCALE * (to_pred + to_gt), rel=1e-9)
+        assert c['input_cd'] == pytest.approx(CD_SCALE * (_one_way(unit_in, pts) + _one_way(pts, unit_in)), rel=1e-9)
+
+
+def test_score_item_picks_by_input_when_input_and_ground_truth_disagree():
+    """The input cloud of one shape, the ground truth another, both among the candidates: the pick follows the input,
+    the oracle the ground truth (in the other fixtures they coincide, so a pick made against the GT would not show)."""
+    plate, rod = _box((2, 1, 0.5)), trimesh.creation.cylinder(0.3, 2.0)
+    for seen, truth, picked, oracle in [(plate, rod, 2, 1), (rod, plate, 1, 2)]:
+        inp = 2 * sample_surface(normalize_target(seen), 256, seed=5) - 1
+        rec = score_item(ItemTarget(truth, inp), [_Res(None), _Res(rod), _Res(plate)], ['r=(', 'rod', 'plate'], n_points=1024)
+        assert (rec['picked'], rec['oracle']) == (picked, oracle)
+        c = rec['candidates']
+        assert c[picked]['input_cd'] < c[oracle]['input_cd'] and c[oracle]['cd'] < c[picked]['cd']
+        assert c[picked]['iou'] < 0.5 and c[oracle]['iou'] == pytest.approx(1, abs=1e-6)   # IoU of both rows computed
+        s = summarize([rec])
+        assert s['picked']['mean_cd'] == c[picked]['cd'] and s['oracle']['mean_cd'] == c[oracle]['cd']
+
+
+def test_summarize_by_hand():
+    "Rows first / picked / oracle over four records whose numbers are written out: IR, mean and median CD, mean IoU"
+    def rec(cds, ious, picked=0, oracle=0):
+        return dict(k=len(cds), first=0, picked=picked, oracle=oracle, candidates=[dict(cd=c, iou=i) for c, i in zip(cds, ious)])
+    s = summarize([rec([None, 0.4, 0.2], [None, .8, .9], picked=1, oracle=2), rec([0.3], [.7]), rec([2.0], [.1]), rec([0.1], [.5])])
+    def row(r): return [s[r][k] for k in ('n', 'n_valid', 'ir', 'mean_cd', 'median_cd', 'iou')]
+    assert row('first') == pytest.approx([4, 3, 25, 0.8, 0.3, 100 * 1.3 / 3])
+    assert row('picked') == pytest.approx([4, 4, 0, 0.7, 0.35, 52.5])
+    assert row('oracle') == pytest.approx([4, 4, 0, 0.65, 0.25, 55])
+    assert s['k'] == 3 and invalidity_ratio([True, True, True, False]) == 0.25
+    assert best_index([float('nan'), 3.]) == 1 and best_index([2., float('nan'), 1.]) == 2   # NaN is never the best
 
 
 def test_perturb_program_changes_one_number():

@@ -3,14 +3,14 @@
 Everything runs on CPU with a one-layer Qwen2 (hidden 32) on in-memory data: random point clouds paired with
 programs from the kit's generator (the trainer does not care whether they match), so no sandbox is needed.
 """
-import json, os, random, signal, subprocess, sys, textwrap, time
+import json, math, os, random, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import numpy as np, pytest, torch
 
 from cadrecode_nb.trainer import *
 from cadrecode_nb.trainer import _pairs
-from cadrecode_nb.data import train_code_tokenizer
+from cadrecode_nb.data import train_code_tokenizer, add_point_noise
 
 MICRO_MODEL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
 
@@ -74,6 +74,7 @@ def test_resume_is_exact(tmp_path, data, tok_dir, extra):
     assert_same_weights(full.model, resumed.model)
     # the lr of every step is the schedule's formula, and the order is a fresh permutation per epoch
     np.testing.assert_allclose(train_rows(full, 'lr'), lr_curve(micro_cfg(tok_dir, tmp_path, **extra)), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(train_rows(full, 'lr'), [closed_form_lr(s, 1e-2, 2, 8, 0.1) for s in range(8)], rtol=1e-12)
     order = sum(train_rows(full, 'indices'), [])
     assert sorted(order) == sorted(list(range(32)))                # 8 steps x 4 = one epoch of 32 samples
     # the history file was truncated at the checkpoint and continued, not duplicated
@@ -251,3 +252,155 @@ def test_shipped_configs_and_cli(tmp_path, capsys):
     with pytest.raises(SystemExit): main(['--config', 'tiny', '--data_dir', str(tmp_path / 'none'), '--build_data', ''])
     assert 'no dataset there' in capsys.readouterr().err
     assert _pairs(['--steps=5', '--compile']) == ['steps=5', 'compile=true']
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Independent references: the schedule written out, clipping by hand, the global generators, token weighting.
+
+def closed_form_lr(s, lr, warmup, steps, floor):
+    "The schedule written out (not transformers'): lr*s/warmup, then a half cosine from lr down to floor*lr at `steps`."
+    if s < warmup: return lr * s / warmup
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))))
+
+
+class _TwoPart(torch.nn.Module):
+    "An LLM part and a `point_encoder` part, as CADRecode names them (matrices, biases, a norm)."
+    def __init__(self):
+        super().__init__()
+        self.llm, self.norm = torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)
+        self.point_encoder = torch.nn.Linear(3, 4)
+
+
+def test_schedule_is_the_closed_form(tmp_path, tok_dir):
+    "The lr each group gets at each step, through a real optimizer: warm-up, cosine and the floor, per group's own lr."
+    cfg = micro_cfg(tok_dir, tmp_path, steps=20, warmup_steps=4, lr=1e-2, projector_lr=3e-2, min_lr_ratio=0.25)
+    opt = make_optimizer(_TwoPart(), cfg, torch.device('cpu'))
+    groups = {g['name']: g for g in opt.param_groups}
+    assert sorted(groups) == ['llm/decay', 'llm/no_decay', 'projector/decay', 'projector/no_decay']
+    assert [p.ndim for p in groups['llm/no_decay']['params']] == [1, 1, 1]          # a bias and the norm's two vectors
+    assert (groups['llm/decay']['weight_decay'], groups['llm/no_decay']['weight_decay']) == (0.01, 0.0)
+    sched = make_scheduler(opt, cfg)
+    by_hand = {0: 0.0, 2: 0.5, 4: 1.0, 12: 0.25 + 0.75 * 0.5, 20: 0.25}            # factors read off the formula
+    for s in range(21):
+        for name, g in groups.items():
+            base = 3e-2 if name.startswith('projector') else 1e-2
+            assert g['lr'] == pytest.approx(closed_form_lr(s, base, 4, 20, 0.25), rel=1e-12, abs=1e-18), (s, name)
+            if s in by_hand: assert g['lr'] == pytest.approx(base * by_hand[s], rel=1e-12, abs=1e-18), (s, name)
+        opt.step(); sched.step()
+
+
+def test_logged_lr_is_the_closed_form(tmp_path, data, tok_dir):
+    "The lr `train` records for step s (1-based) is the one its update used: the closed form at s-1, floor included."
+    res = run(micro_cfg(tok_dir, tmp_path / 'r', steps=6, warmup_steps=2, min_lr_ratio=0.5, projector_lr=3e-2,
+                        val_every=0, save_every=0), data)
+    lrs = train_rows(res, 'lrs')
+    for s, row in enumerate(lrs):
+        assert sorted(set(row)) == pytest.approx(sorted({closed_form_lr(s, 1e-2, 2, 6, 0.5), closed_form_lr(s, 3e-2, 2, 6, 0.5)}),
+                                                 rel=1e-12, abs=1e-18), s
+    assert train_rows(res, 'lr')[2] == pytest.approx(1e-2)                          # end of the warm-up: the peak
+
+
+def test_clip_coef_is_the_hand_formula():
+    for norm, max_norm in [(10.0, 1.0), (2.0, 0.5), (0.5, 1.0), (3.0, 0.0)]:
+        expect = 1.0 if not max_norm else min(1.0, max_norm / (norm + 1e-6))
+        assert clip_coef(torch.tensor(norm), max_norm).item() == pytest.approx(expect, rel=1e-6)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_apply_update_clips_to_max_norm(fused):
+    "One AdamW step on a gradient of norm 5 clipped to 1: the first moment is (1-beta1) x the clipped gradient (by hand)."
+    w = torch.nn.Parameter(torch.zeros(4)); opt = torch.optim.AdamW([w], lr=0.1, fused=fused)
+    g = torch.tensor([3.0, 4.0, 0.0, 0.0])                                          # norm 5
+    w.grad = g.clone()
+    apply_update(opt, make_grad_scaler(torch.device('cpu'), 'fp32'), torch.tensor(False), g.norm(), 1.0)
+    torch.testing.assert_close(opt.state[w]['exp_avg'], 0.1 * g / (5 + 1e-6), rtol=1e-6, atol=0)
+    v = torch.nn.Parameter(torch.zeros(4)); sgd = torch.optim.SGD([v], lr=1.0)      # host path: w - lr * clipped g
+    v.grad = g.clone()
+    apply_update(sgd, make_grad_scaler(torch.device('cpu'), 'fp32'), torch.tensor(False), g.norm(), 1.0)
+    torch.testing.assert_close(v.detach(), -g / (5 + 1e-6), rtol=1e-6, atol=0)
+
+
+def test_training_clips_the_gradient(tmp_path, data, tok_dir):
+    "After step 1 of `train`, AdamW's first moment is (1-beta1) x the clipped gradient: norm (1-beta1) x max_norm."
+    res = run(micro_cfg(tok_dir, tmp_path / 'c', grad_clip=0.05, stop_at=1, noise_p=0.0), data)
+    g = train_rows(res, 'grad_norm')[0]
+    assert g > 10 * 0.05                                                            # the clip is active
+    state = load_checkpoint(res.checkpoint)['optimizer']['state']
+    m = torch.cat([s['exp_avg'].flatten() for s in state.values()]).norm().item()
+    assert m == pytest.approx(0.1 * 0.05 * g / (g + 1e-6), rel=1e-4)
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.1])
+def test_global_generators_on_resume(tmp_path, data, tok_dir, monkeypatch, dropout):
+    """With dropout the global torch generator drives the masks: resume is exact only because its state comes back (and
+    nothing draws from it between the restore and the first step, not even the matmul that measures the MFU peak).
+    Without dropout the loop draws nothing from the global generators: scrambled at resume, the run is still exact."""
+    kw = dict(model_kw=dict(MICRO_MODEL, attention_dropout=dropout), noise_p=0.5, steps=6, peak_flops=None)  # peak measured
+    full = run(micro_cfg(tok_dir, tmp_path / 'full', **kw), data)
+    run(micro_cfg(tok_dir, tmp_path / 'split', stop_at=3, **kw), data)
+    resumed = run(micro_cfg(tok_dir, tmp_path / 'split', **kw), data)
+    assert train_rows(full, 'loss') == train_rows(resumed, 'loss')
+    assert_same_weights(full.model, resumed.model)
+    import cadrecode_nb.trainer as trainer   # now resume with every global generator scrambled instead of restored
+    monkeypatch.setattr(trainer, 'set_rng_state', lambda state: (random.seed(99), np.random.seed(99), torch.manual_seed(99)))
+    run(micro_cfg(tok_dir, tmp_path / 'scrambled', stop_at=3, **kw), data)
+    scrambled = run(micro_cfg(tok_dir, tmp_path / 'scrambled', **kw), data)
+    same = train_rows(full, 'loss') == train_rows(scrambled, 'loss')
+    assert same == (dropout == 0), train_rows(scrambled, 'loss')
+
+
+def test_accumulation_weights_every_label_token_alike(tmp_path, data, tok_dir):
+    "A global batch of 4 as one micro-batch or as two: the same loss and weights up to float rounding (token-weighted)."
+    one = run(micro_cfg(tok_dir, tmp_path / 'one', micro_batch_size=4, steps=4, noise_p=0.0, val_every=0, save_every=0), data)
+    two = run(micro_cfg(tok_dir, tmp_path / 'two', micro_batch_size=2, steps=4, noise_p=0.0, val_every=0, save_every=0), data)
+    np.testing.assert_allclose(train_rows(one, 'loss'), train_rows(two, 'loss'), rtol=1e-5)
+    for (k, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_validation_loss_is_token_weighted(tmp_path, data, tok_dir):
+    "Micro-batches of 2, 2 and 1 samples: the mean over every label token, computed here sample by sample."
+    from cadrecode_nb.data import PointCodeCollator, load_tokenizer
+    collate, model, val = PointCodeCollator(load_tokenizer(tok_dir)), _inner(tok_dir), data[32:37]
+    cfg = micro_cfg(tok_dir, tmp_path, micro_batch_size=2, val_batches=0)
+    total = count = 0.0
+    with torch.no_grad():
+        for x in val:
+            b = collate([x]); n = int((b['labels'][:, 1:] != -100).sum())
+            total += model(**b).loss.double().item() * n; count += n
+    assert validation_loss(model, val, collate, cfg, torch.device('cpu')) == pytest.approx(total / count, rel=1e-6)
+
+
+def test_validation_uses_the_ema_weights(tmp_path, data, tok_dir):
+    "With EMA on, the recorded validation loss is that of the averaged weights (saved in the checkpoint), not the raw ones."
+    from cadrecode_nb.data import PointCodeCollator, load_tokenizer
+    cfg = micro_cfg(tok_dir, tmp_path / 'e', ema_decay=0.5, steps=3, val_every=3, save_every=3, noise_p=0.0)
+    res = run(cfg, data)
+    recorded = [r['val_loss'] for r in res.records if r['kind'] == 'val'][-1]
+    ema = load_checkpoint(res.checkpoint)['ema']
+    averaged = _inner(tok_dir)
+    averaged.load_state_dict({k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')})
+    collate, dev = PointCodeCollator(load_tokenizer(tok_dir), pad_to_multiple_of=cfg.pad_to_multiple_of), torch.device('cpu')
+    assert validation_loss(averaged, data[32:], collate, cfg, dev) == pytest.approx(recorded, rel=1e-6)
+    assert validation_loss(res.model, data[32:], collate, cfg, dev) != pytest.approx(recorded, rel=1e-4)
+
+
+def test_streams_of_samples_and_noise():
+    "Each epoch is a fresh permutation (by hand: seeded by (seed, epoch)); noise differs by step, rank and micro-batch."
+    smp = ResumableSampler(10, seed=3)
+    stream = smp.take(0, 30)
+    for e in range(3):
+        assert stream[10 * e:10 * (e + 1)].tolist() == np.random.default_rng([3, e]).permutation(10).tolist()
+    assert stream[:10].tolist() != stream[10:20].tolist()
+    assert smp.take(7, 6).tolist() == stream[7:13].tolist()                           # across an epoch boundary
+    p = torch.zeros(8, 16, 3)
+    draws = [add_point_noise(p, 1.0, 0.01, noise_generator(0, *where)) for where in [(5, 0, 0), (6, 0, 0), (5, 1, 0), (5, 0, 1)]]
+    assert all(not torch.equal(draws[0], d) for d in draws[1:])
+    assert torch.equal(draws[0], add_point_noise(p, 1.0, 0.01, noise_generator(0, 5, 0, 0)))
+
+
+def test_count_skip_streak():
+    c = dict(skipped=0, streak=0)
+    assert [count_skip(s, c, 3, i) for i, s in enumerate([True, True, False, True, True, False])] == [False, False, True, False, False, True]
+    assert c == dict(skipped=4, streak=0)
+    with pytest.raises(FloatingPointError, match='3 non-finite'): [count_skip(True, c, 3, i) for i in range(3)]

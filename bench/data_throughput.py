@@ -55,7 +55,7 @@ def main():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=None, help='keep the dataset here (default: a temporary folder, deleted)')
     args = p.parse_args()
-    from cadrecode_nb import data
+    from cadrecode_nb import dataset as data
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or os.path.join(tmp, 'bench')

@@ -33,8 +33,8 @@ REF = [  # the two REFERENCE.md example programs
 def ground_truth_programs(n, seed):
     "The kit's generator programs (REFERENCE examples, perturbed, when the generator is not exported yet)"
     try:
-        from cadrecode_nb.data import generate_programs
-        return generate_programs(seed, n), 'cadrecode_nb.data.generate_programs'
+        from cadrecode_nb.programs import random_programs
+        return random_programs(seed, n), 'cadrecode_nb.programs.random_programs'
     except ImportError:
         rng = np.random.default_rng(seed)
         return [perturb_program(REF[i % 2], rng, 3) for i in range(n)], 'REFERENCE examples, perturbed'

@@ -7,7 +7,7 @@ The procedural programs are short (about 120 code tokens), the paper's 120-700. 
 on how many tokens it holds, not on what they say, so sample i of the copy keeps sample i's point cloud and joins
 programs i, i+1, ... (one per line block) until it reaches a length drawn as `bench/train_step.py` draws them
 (`--lengths`), counted with the dataset's own tokenizer. The copy is for timing only: its programs do not describe its
-point clouds. It is written in the dataset format (`cadrecode_nb.data`), with its own manifest and checksums, and
+point clouds. It is written in the dataset format (`cadrecode_nb.dataset`), with its own manifest and checksums, and
 says in its manifest what it is.
 """
 import argparse, hashlib, io, json, sys
@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step import length_pool   # noqa: E402
-from cadrecode_nb.data import load_tokenizer, read_manifest, _atomic_write, _read_shard, _shard_codes, _write_npz   # noqa: E402
+from cadrecode_nb.dataset import load_tokenizer, read_manifest, _atomic_write, _read_shard, _shard_codes, _write_npz   # noqa: E402
 
 
 def joined_programs(codes:list[str], n_tokens:list[int], targets:list[int]) -> list[str]:

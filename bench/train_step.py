@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import torch
 from torch.autograd import DeviceType
 
-from cadrecode_nb.data import CADRecodeDataset, PointCodeCollator, load_tokenizer
+from cadrecode_nb.dataset import CADRecodeDataset, PointCodeCollator, load_tokenizer
 from cadrecode_nb import model as kit_model
 from cadrecode_nb.model import (CADRecode, PACKED_ATTENTION, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 use_attention)

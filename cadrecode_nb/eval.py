@@ -229,9 +229,9 @@ def summary_table(summary:dict, test_set:str='procedural held-out', normalizatio
 
 # %% ../nbs/04_eval.ipynb #9ca0b541
 def _data_attr(name:str):
-    "`name` from the kit's data module, imported on first use, so importing the evaluation module does not load the data stage"
-    from cadrecode_nb import data
-    return getattr(data, name)
+    "`name` from the kit's data modules, imported on first use, so importing the evaluation module does not load the data stage"
+    from cadrecode_nb import points, dataset
+    return getattr(points, name) if hasattr(points, name) else getattr(dataset, name)
 
 # %% ../nbs/04_eval.ipynb #44d0285d
 def load_eval_inputs(source:str|Path, # a dataset root (with manifest.json) or a folder of mesh files

@@ -14,7 +14,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from .projector import FourierPointEncoder
-from .data import START_TOKEN, END_TOKEN
+from .core import START_TOKEN, END_TOKEN
 
 # %% auto #0
 __all__ = ['PACKED_ATTENTION', 'tiny_config', 'qwen2_1_5b_config', 'CADRecode', 'LinearCrossEntropy', 'linear_cross_entropy',

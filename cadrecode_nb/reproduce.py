@@ -13,7 +13,7 @@ from typing import Callable, Sequence, get_args, get_type_hints
 import numpy as np, torch, yaml
 import matplotlib.pyplot as plt
 
-from .data import DataConfig, write_dataset, read_manifest, manifest_summary, load_tokenizer
+from .dataset import DataConfig, write_dataset, read_manifest, manifest_summary, load_tokenizer
 from .model import CADRecode
 from .trainer import (ConfigError, CheckpointError, config_dir, load_config, train, read_history,
                                   plot_history, count_parameters)

@@ -20,7 +20,8 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from fastprogress.fastprogress import progress_bar
 
 from .model import CADRecode, tiny_config, qwen2_1_5b_config, use_attention, to_device
-from .data import load_tokenizer, PointCodeCollator, CADRecodeDataset, add_point_noise
+from .dataset import load_tokenizer, PointCodeCollator, CADRecodeDataset
+from .points import add_point_noise
 
 # %% auto #0
 __all__ = ['DTYPES', 'CKPT_FORMAT', 'RESUME_KEYS', 'DDP_BUCKET_MB', 'ConfigError', 'TrainConfig', 'coerce_value',
@@ -649,7 +650,7 @@ def open_dataset(cfg:TrainConfig, dinfo:DistInfo=DistInfo(), report:Callable=pri
             raise FileNotFoundError(f"config key 'data_dir' = {cfg.data_dir!r}: no dataset there (no manifest.json); "
                                     f"build one with `cadrecode_data --out {cfg.data_dir}` or set build_data: tiny")
         if dinfo.is_main:
-            from cadrecode_nb.data import write_dataset, manifest_summary
+            from cadrecode_nb.dataset import write_dataset, manifest_summary
             report(f"building the {cfg.build_data!r} dataset into {root} ...")
             report(manifest_summary(write_dataset(root, cfg.build_data, progress=cfg.progress, **cfg.data_kw)))
         if dinfo.enabled: dist.barrier()

@@ -1,4 +1,4 @@
-"""Mutation check of the tests of `eval`, `data` and `trainer`: run by hand, not in CI (pytest does not collect this file).
+"""Mutation check of the tests of `eval`, `points`, `dataset` and `trainer`: run by hand, not in CI (pytest does not collect this file).
 
     python tests/mutants.py                  # every mutant (about 8 minutes on 2 CPU cores)
     python tests/mutants.py --only pick_against_gt clip_coef_one   # some of them
@@ -78,24 +78,24 @@ MUTANTS = [
     Mutant('median_is_mean', 'eval', 'median_cd=float(np.median(cds))', 'median_cd=float(np.mean(cds))',
            [M + 'test_score_item_picks_by_input_and_never_an_invalid_candidate', M + 'test_summarize_by_hand']),
     # ---- data: point clouds, noise, batches -------------------------------------------------------------------------
-    Mutant('fps_first_points', 'data', 'keep = furthest_point_sample(torch.from_numpy(surface)[None], n_points)[0].numpy()',
+    Mutant('fps_first_points', 'points', 'keep = furthest_point_sample(torch.from_numpy(surface)[None], n_points)[0].numpy()',
            'keep = np.arange(n_points)', [D + 'test_sample_point_cloud', D + 'test_sample_point_cloud_is_fps_of_the_surface_samples'],
            named=True, why='furthest point sampling replaced by the first surface points in sample_point_cloud'),
-    Mutant('fps_max_not_min', 'data', 'torch.minimum(nearest, sq.view(B, N), out=nearest)',
+    Mutant('fps_max_not_min', 'points', 'torch.minimum(nearest, sq.view(B, N), out=nearest)',
            'torch.maximum(nearest, sq.view(B, N), out=nearest)', [D + 'test_fps_matches_bruteforce']),
-    Mutant('fps_start_last', 'data', 'else torch.zeros(B, dtype=torch.long))', 'else torch.full((B,), N - 1, dtype=torch.long))',
+    Mutant('fps_start_last', 'points', 'else torch.zeros(B, dtype=torch.long))', 'else torch.full((B,), N - 1, dtype=torch.long))',
            [D + 'test_fps_start_and_generator']),
-    Mutant('normalize_half_scale', 'data', 'out.apply_scale(2.0 / (hi - lo).max())', 'out.apply_scale(1.0 / (hi - lo).max())',
+    Mutant('normalize_half_scale', 'points', 'out.apply_scale(2.0 / (hi - lo).max())', 'out.apply_scale(1.0 / (hi - lo).max())',
            [D + 'test_sample_point_cloud']),
-    Mutant('normalize_vertex_mean', 'data', 'out.apply_translation(-(lo + hi) / 2)', 'out.apply_translation(-mesh.vertices.mean(0))',
+    Mutant('normalize_vertex_mean', 'points', 'out.apply_translation(-(lo + hi) / 2)', 'out.apply_translation(-mesh.vertices.mean(0))',
            [D + 'test_sample_point_cloud', D + 'test_sample_point_cloud_is_fps_of_the_surface_samples']),
-    Mutant('sample_seed_ignored', 'data', 'trimesh.sample.sample_surface(unit, n_surface, seed=seed)',
+    Mutant('sample_seed_ignored', 'points', 'trimesh.sample.sample_surface(unit, n_surface, seed=seed)',
            'trimesh.sample.sample_surface(unit, n_surface, seed=0)', [D + 'test_sample_point_cloud']),
-    Mutant('noise_p_inverted', 'data', 'noisy = torch.rand(points.shape[0], generator=generator) < p',
+    Mutant('noise_p_inverted', 'points', 'noisy = torch.rand(points.shape[0], generator=generator) < p',
            'noisy = torch.rand(points.shape[0], generator=generator) >= p', [D + 'test_noise_and_quantisation']),
-    Mutant('quantize_scale', 'data', 'np.rint((np.clip(points, -1, 1) + 1) * 127.5)', 'np.rint((np.clip(points, -1, 1) + 1) * 127)',
+    Mutant('quantize_scale', 'points', 'np.rint((np.clip(points, -1, 1) + 1) * 127.5)', 'np.rint((np.clip(points, -1, 1) + 1) * 127)',
            [D + 'test_noise_and_quantisation']),
-    Mutant('label_on_start', 'data', 'labels[P + 1:] = ids[P + 1:]', 'labels[P:] = ids[P:]', [D + 'test_collator_layout']),
+    Mutant('label_on_start', 'dataset', 'labels[P + 1:] = ids[P + 1:]', 'labels[P:] = ids[P:]', [D + 'test_collator_layout']),
     # ---- trainer: schedule, clipping, RNG, data order, weighting ----------------------------------------------------
     Mutant('lr_floor_ignored', 'trainer', 'min_lr_rate=cfg.min_lr_ratio)', 'min_lr_rate=0.0)', _LR, named=True,
            why="the cosine schedule's floor ignored"),
@@ -299,7 +299,7 @@ def print_table(rows, nb_rows, total):
 
 
 def notebook_of_name(m:Mutant) -> str:
-    return {'eval': '04_eval', 'data': '00_data', 'trainer': '03_trainer'}[m.module]
+    return {'eval': '04_eval', 'points': '00c_points', 'dataset': '00d_dataset', 'trainer': '03_trainer'}[m.module]
 
 
 if __name__ == '__main__': main()

@@ -1,4 +1,4 @@
-"""Tests of the point-cloud / dataset / token half of the data stage (`cadrecode_nb.data`).
+"""Tests of the point-cloud / dataset / token half of the data stage (`cadrecode_nb.points`, `cadrecode_nb.dataset`).
 
 Fast tests (no CadQuery): furthest point sampling against a brute-force reference, point clouds, mesh files and their
 errors, the offline tokenizer, the collator's layout. Slower tests (the real sandbox, a few pool starts): the dataset
@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np, pytest, torch, trimesh, yaml
 
-from cadrecode_nb.data import generate_programs, canonical_program
-from cadrecode_nb.data import *
-from cadrecode_nb.data import _chunk_seed, _read_shard, _shard_codes
+from cadrecode_nb.programs import random_programs, canonical_program
+from cadrecode_nb.core import START_TOKEN, END_TOKEN, N_POINTS
+from cadrecode_nb.programs import *
+from cadrecode_nb.points import *
+from cadrecode_nb.dataset import *
+from cadrecode_nb.dataset import _chunk_seed, _read_shard, _shard_codes
 
 
 # ---------------------------------------------------------------- furthest point sampling
@@ -149,13 +152,13 @@ def test_noise_and_quantisation():
 @pytest.fixture(scope='module')
 def code_tokenizer(tmp_path_factory):
     path = tmp_path_factory.mktemp('tok')
-    train_code_tokenizer(generate_programs(11, 1500), vocab_size=1024, path=path)
+    train_code_tokenizer(random_programs(11, 1500), vocab_size=1024, path=path)
     return load_tokenizer(path)
 
 
 def test_tokenizer_round_trip(code_tokenizer):
     tok = code_tokenizer
-    programs = generate_programs(12, 500) + ["import cadquery as cq\nr=cq.Workplane('XY').box(1,2,3) # ünïcödé ✓\n\n  "]
+    programs = random_programs(12, 500) + ["import cadquery as cq\nr=cq.Workplane('XY').box(1,2,3) # ünïcödé ✓\n\n  "]
     ids = tok(programs, add_special_tokens=False)['input_ids']
     assert [tok.decode(i) for i in ids] == programs
     assert tok.pad_token == END_TOKEN and tok.convert_tokens_to_ids(START_TOKEN) != tok.unk_token_id
@@ -163,7 +166,7 @@ def test_tokenizer_round_trip(code_tokenizer):
 
 
 def test_tokenizer_training_is_deterministic(tmp_path):
-    codes = generate_programs(13, 300)
+    codes = random_programs(13, 300)
     train_code_tokenizer(codes, 512, tmp_path / 'a'); train_code_tokenizer(codes, 512, tmp_path / 'b')
     assert (tmp_path / 'a' / 'tokenizer.json').read_bytes() == (tmp_path / 'b' / 'tokenizer.json').read_bytes()
 
@@ -238,7 +241,7 @@ def test_resume_after_interruption_is_byte_identical(reference, tmp_path):
     d = tmp_path / 'ds'
     def source(seed, n):   # dies when shard 2 asks for its first programs
         if seed == _chunk_seed(0, 2, 0): raise Interrupted()
-        return generate_programs(seed, n)
+        return random_programs(seed, n)
     with pytest.raises(Interrupted): write_dataset(d, 'tiny', progress=False, program_source=source, **SMALL)
     assert sorted(p.name for p in d.iterdir()) == ['shard_00000.npz', 'shard_00001.npz']   # finished shards only
     write_dataset(d, 'tiny', progress=False, **SMALL)

@@ -1,4 +1,4 @@
-"""The procedural program generator (`cadrecode_nb.data`, generator part) against the CAD kernel.
+"""The procedural program generator (`cadrecode_nb.programs`) against the CAD kernel.
 
 The main test executes 1,000 generated programs in the sandbox, in the dataset's strict mode (exactly one valid solid,
 watertight tessellation) at the dataset's coarse tessellation, and needs >= 90 % valid. About a minute on a quiet
@@ -10,8 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cadrecode_nb.data import (EXAMPLE_PROGRAMS, GENERATOR_VERSION, canonical_program, generate_programs,
-                               program_features, program_numbers)
+from cadrecode_nb.programs import EXAMPLE_PROGRAMS, GENERATOR_VERSION, canonical_program, random_programs, program_features, program_numbers
 from cadrecode_nb.sandbox import run_programs
 
 SEED, N = 0, 1000
@@ -19,13 +18,13 @@ DATASET_TESSELLATION = dict(tolerance=0.05, angular_tolerance=0.2)
 
 
 @pytest.fixture(scope='module')
-def programs(): return generate_programs(SEED, N)
+def programs(): return random_programs(SEED, N)
 
 
 def test_same_bytes_in_a_fresh_process(programs):
     "A second generation, in another interpreter with another hash seed, gives the same bytes."
-    snippet = (f'import hashlib; from cadrecode_nb.data import generate_programs; '
-               f'c = generate_programs({SEED}, {N}); print(hashlib.sha256(chr(10).join(c).encode()).hexdigest())')
+    snippet = (f'import hashlib; from cadrecode_nb.programs import random_programs; '
+               f'c = random_programs({SEED}, {N}); print(hashlib.sha256(chr(10).join(c).encode()).hexdigest())')
     env = {**os.environ, 'PYTHONHASHSEED': '12345'}
     out = subprocess.run([sys.executable, '-c', snippet], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -33,8 +32,8 @@ def test_same_bytes_in_a_fresh_process(programs):
 
 
 def test_slices_and_seeds(programs):
-    assert generate_programs(SEED, 5, start=N - 5) == programs[-5:]   # program i does not depend on n
-    assert not set(generate_programs(SEED + 1, 50)) & set(programs)  # another seed, other programs
+    assert random_programs(SEED, 5, start=N - 5) == programs[-5:]   # program i does not depend on n
+    assert not set(random_programs(SEED + 1, 50)) & set(programs)  # another seed, other programs
 
 
 def test_no_exact_duplicates(programs):

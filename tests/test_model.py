@@ -130,7 +130,8 @@ def test_sampling_candidates_grouped_and_knobs_reach_processors(wild):
 
 
 def test_generate_programs_decodes_and_batches():
-    from cadrecode_nb.data import train_code_tokenizer, START_TOKEN, END_TOKEN
+    from cadrecode_nb.dataset import train_code_tokenizer
+    from cadrecode_nb.core import START_TOKEN, END_TOKEN
     progs = ["import cadquery as cq\nw0=cq.Workplane('XY',origin=(0,0,%d))\nr=w0.box(%d,20,30)" % (i, 10 + i)
              for i in range(40)]
     tok = train_code_tokenizer(progs, vocab_size=300)
@@ -218,8 +219,9 @@ def test_qwen2_1_5b_shapes_on_meta_device():
 def _overfit_deps():
     "The generator, tokenizer/collator and sandbox written in the other notebooks."
     try:
-        from cadrecode_nb.data import generate_programs as random_programs
-        from cadrecode_nb.data import train_code_tokenizer, PointCodeCollator, sample_point_cloud
+        from cadrecode_nb.programs import random_programs
+        from cadrecode_nb.dataset import train_code_tokenizer, PointCodeCollator
+        from cadrecode_nb.points import sample_point_cloud
         from cadrecode_nb.sandbox import run_programs
     except ImportError as e: pytest.skip(f'overfit test needs the data and sandbox modules: {e}')
     return random_programs, train_code_tokenizer, PointCodeCollator, sample_point_cloud, run_programs

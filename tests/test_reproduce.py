@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cadrecode_nb.data import write_dataset
+from cadrecode_nb.dataset import write_dataset
 from cadrecode_nb.reproduce import *
 
 MINI = ['name=mini', 'n_test=3', 'num_candidates=2', 'max_new_tokens=64', 'gen_batch_size=4', 'workers=2', 'n_gallery=1',

@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from cadrecode_nb.data import generate_programs
+from cadrecode_nb.programs import random_programs
 from cadrecode_nb.sandbox import (CADQUERY_API, RUNTIME_LAYERS, SANDBOX_LAYERS, STATUSES, AttackTargets, CadWorkerPool,
                                   ProgramResult, SandboxWarning, attack_programs, check_program,
                                   landlock_abi, run_attacks, run_programs)
@@ -111,7 +111,7 @@ def test_allowed_programs_pass_policy():
         assert check_program(code) is None, check_program(code)
 
 def test_every_generated_program_passes_policy():
-    refused = [(code, res.message) for code in generate_programs(seed=0, n=1000) if (res := check_program(code))]
+    refused = [(code, res.message) for code in random_programs(seed=0, n=1000) if (res := check_program(code))]
     assert refused == []
 
 REFUSED_CONSTRUCTS = {  # the escape that broke the deny-list policy, then constructs no rule names

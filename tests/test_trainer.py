@@ -10,17 +10,18 @@ import numpy as np, pytest, torch
 
 from cadrecode_nb.trainer import *
 from cadrecode_nb.trainer import _pairs
-from cadrecode_nb.data import train_code_tokenizer, add_point_noise
+from cadrecode_nb.dataset import train_code_tokenizer
+from cadrecode_nb.points import add_point_noise
 
 MICRO_MODEL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
 
 
 def make_data(n=40, seed=0):
     "n items: (256,3) random clouds in [-1,1] with generated programs."
-    from cadrecode_nb.data import generate_programs
+    from cadrecode_nb.programs import random_programs
     g = torch.Generator().manual_seed(seed)
     return [dict(points=torch.rand(256, 3, generator=g) * 2 - 1, code=c, index=i)
-            for i, c in enumerate(generate_programs(seed, n))]
+            for i, c in enumerate(random_programs(seed, n))]
 
 
 @pytest.fixture(scope='module')
@@ -209,7 +210,7 @@ class _Faulty(torch.nn.Module):
 
 def _inner(tok_dir):
     from cadrecode_nb.model import CADRecode, tiny_config
-    from cadrecode_nb.data import load_tokenizer
+    from cadrecode_nb.dataset import load_tokenizer
     torch.manual_seed(0)
     return CADRecode(tiny_config(len(load_tokenizer(tok_dir)), **MICRO_MODEL))
 
@@ -360,7 +361,7 @@ def test_accumulation_weights_every_label_token_alike(tmp_path, data, tok_dir):
 
 def test_validation_loss_is_token_weighted(tmp_path, data, tok_dir):
     "Micro-batches of 2, 2 and 1 samples: the mean over every label token, computed here sample by sample."
-    from cadrecode_nb.data import PointCodeCollator, load_tokenizer
+    from cadrecode_nb.dataset import PointCodeCollator, load_tokenizer
     collate, model, val = PointCodeCollator(load_tokenizer(tok_dir)), _inner(tok_dir), data[32:37]
     cfg = micro_cfg(tok_dir, tmp_path, micro_batch_size=2, val_batches=0)
     total = count = 0.0
@@ -373,7 +374,7 @@ def test_validation_loss_is_token_weighted(tmp_path, data, tok_dir):
 
 def test_validation_uses_the_ema_weights(tmp_path, data, tok_dir):
     "With EMA on, the recorded validation loss is that of the averaged weights (saved in the checkpoint), not the raw ones."
-    from cadrecode_nb.data import PointCodeCollator, load_tokenizer
+    from cadrecode_nb.dataset import PointCodeCollator, load_tokenizer
     cfg = micro_cfg(tok_dir, tmp_path / 'e', ema_decay=0.5, steps=3, val_every=3, save_every=3, noise_p=0.0)
     res = run(cfg, data)
     recorded = [r['val_loss'] for r in res.records if r['kind'] == 'val'][-1]

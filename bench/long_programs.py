@@ -16,7 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step import length_pool   # noqa: E402
-from cadrecode_nb.dataset import load_tokenizer, read_manifest, _atomic_write, _read_shard, _shard_codes, _write_npz   # noqa: E402
+from cadrecode_nb.core import atomic_write, atomic_writer   # noqa: E402
+from cadrecode_nb.dataset import load_tokenizer, read_manifest, _read_shard, _shard_codes, _write_npz   # noqa: E402
 
 
 def joined_programs(codes:list[str], n_tokens:list[int], targets:list[int]) -> list[str]:
@@ -59,13 +60,13 @@ def main():
         arrays['code_offsets'] = np.concatenate([[0], np.cumsum([len(b) for b in blob])]).astype(np.int64)
         arrays['meta'] = np.frombuffer(json.dumps(dict(arrays['meta'], derived=f'{src} with joined programs')).encode(), np.uint8)
         path = dst/entry['file']
-        _atomic_write(path, lambda f: _write_npz(f, arrays))
+        with atomic_writer(path) as f: _write_npz(f, arrays)
         for k, s in zip(('train', 'val', 'test'), range(3)): counts[k] += int((arrays['split'] == s).sum())
         entries.append(dict(entry, bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
     out = dict(manifest, shards=entries, counts=counts, n_samples=sum(counts.values()),
                derived=f"for timing only: {src}'s first {len(entries)} shards, programs joined to {args.lengths} tokens "
                        f"(bench/long_programs.py); the programs do not describe the point clouds")
-    _atomic_write(dst/'manifest.json', lambda f: f.write((json.dumps(out, indent=1) + '\n').encode()))
+    atomic_write(dst/'manifest.json', json.dumps(out, indent=1) + '\n')
     print(json.dumps(dict(samples=len(lengths), code_tokens_mean=round(float(np.mean(lengths)), 1),
                           min=int(min(lengths)), max=int(max(lengths)))))
 

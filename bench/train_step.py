@@ -31,8 +31,9 @@ from cadrecode_nb.dataset import CADRecodeDataset, PointCodeCollator, load_token
 from cadrecode_nb import model as kit_model
 from cadrecode_nb.model import (CADRecode, PACKED_ATTENTION, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 use_attention)
-from cadrecode_nb.trainer import (autocast_for, compile_layers, count_parameters, load_config, make_grad_scaler,
-                                  make_optimizer, read_step, train_step)
+from cadrecode_nb.trainer import (TrainConfig, autocast_for, compile_layers, make_grad_scaler, make_optimizer, read_step,
+                                  train_step)
+from cadrecode_nb.checkpoints import count_parameters
 
 VARIANTS = {'kit': dict(pack=True, compile=True), 'kit-nocompile': dict(pack=True, compile=False),
             'kit-padded': dict(pack=False, compile=False)}
@@ -102,7 +103,7 @@ def random_batches(pool, args, pack:bool, n:int, vocab:int, pad:int|None=None) -
 
 def kit_setup(variant:str, args, device):
     opts = VARIANTS[variant]
-    cfg = load_config('paper', [f"pack={str(opts['pack']).lower()}", f"compile={str(opts['compile']).lower()}",
+    cfg = TrainConfig.load('paper', [f"pack={str(opts['pack']).lower()}", f"compile={str(opts['compile']).lower()}",
                                 'model=qwen2-1.5b', f'pad_to_multiple_of={args.pad}', f'batch_size={args.batch}', f'micro_batch_size={args.micro or args.batch}'])
     torch.manual_seed(args.seed)
     with torch.device(device): model = CADRecode(qwen2_1_5b_config(**json.loads(args.model_kw)))

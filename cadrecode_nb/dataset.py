@@ -4,25 +4,26 @@
 
 # %% ../nbs/00d_dataset.ipynb #1e7b5d94
 from __future__ import annotations
-import argparse, dataclasses, hashlib, importlib, io, itertools, json, math, os, tempfile, time, warnings, zipfile
+import dataclasses, hashlib, importlib, io, itertools, json, math, time, warnings, zipfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np, torch, yaml
+import numpy as np, torch
 from fastprogress.fastprogress import master_bar, progress_bar
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .core import START_TOKEN, END_TOKEN, N_POINTS, stable_hash64
+from .core import (START_TOKEN, END_TOKEN, N_POINTS, Config, atomic_write, atomic_writer, config_from_args,
+                               config_parser, run_command, stable_hash64)
 from .programs import GENERATOR_VERSION, random_programs, canonical_program
 from .points import sample_point_cloud, geometry_hash, quantize_points, dequantize_points, add_point_noise
 from .sandbox import CadWorkerPool
 
 # %% auto #0
-__all__ = ['DATASET_FORMAT', 'DATA_PRESETS', 'QWEN2_SPLIT', 'DataConfig', 'train_code_tokenizer', 'load_tokenizer',
-           'write_dataset', 'read_manifest', 'manifest_summary', 'CADRecodeDataset', 'PointCodeCollator', 'main']
+__all__ = ['DATASET_FORMAT', 'QWEN2_SPLIT', 'DataConfig', 'train_code_tokenizer', 'load_tokenizer', 'write_dataset',
+           'read_manifest', 'manifest_summary', 'CADRecodeDataset', 'PointCodeCollator', 'main']
 
 # %% ../nbs/00d_dataset.ipynb #2e96e672
 def _dataset_postprocess(mesh, index, n_surface=8192, n_points=N_POINTS, decimals=3, seed=0) -> dict:
@@ -42,8 +43,8 @@ def _worker_callable(f):
 
 # %% ../nbs/00d_dataset.ipynb #0aeccc85
 @dataclass
-class DataConfig:
-    "How the procedural dataset is built (see `DATA_PRESETS`); loadable from YAML."
+class DataConfig(Config):
+    "How the procedural dataset is built; presets `tiny` and `small` ship as `configs/data_<name>.yaml`."
     n_samples: int = 300            # kept samples: valid, unique in program text and in geometry
     seed: int = 0                   # root seed; program seeds derive from (seed, shard, chunk)
     shard_size: int = 100           # kept samples per shard file
@@ -58,51 +59,24 @@ class DataConfig:
     geometry_decimals: int = 3      # rounding of the geometry signature
     vocab_size: int = 1024          # offline BPE tokenizer trained on the train split
     workers: int | None = None      # sandbox workers (default: all cores); does not change the data
+    preset_file = 'data_{}.yaml'
+
+    def validate(self):
+        for k in ('n_samples', 'shard_size', 'n_points', 'timeout', 'memory_mb'): self.need(getattr(self, k) > 0, k, 'must be > 0')
+        self.need(self.n_surface >= self.n_points, 'n_surface', f'must be >= n_points={self.n_points}')
+        for k in ('val_fraction', 'test_fraction'): self.need(0 <= getattr(self, k) < 1, k, 'must be in [0, 1)')
+        self.need(self.val_fraction + self.test_fraction < 1, 'test_fraction', 'val_fraction + test_fraction must be < 1')
+        self.need(self.vocab_size >= 259, 'vocab_size', 'must be >= 259 (256 bytes and 3 special tokens)')
+        self.need(self.workers is None or self.workers > 0, 'workers', 'must be > 0 or None (all cores)')
 
     def fingerprint(self) -> dict:
         "The fields that determine the bytes of the shards (all but `n_samples`, `workers` and `vocab_size`)."
-        fp = {k: v for k, v in dataclasses.asdict(self).items() if k not in ('n_samples', 'workers', 'vocab_size')}
+        fp = {k: v for k, v in self.to_dict().items() if k not in ('n_samples', 'workers', 'vocab_size')}
         return fp | dict(generator_version=GENERATOR_VERSION, format=DATASET_FORMAT)
 
-    @classmethod
-    def preset(cls, name:str='tiny', **overrides) -> 'DataConfig':
-        "A named preset from `DATA_PRESETS`, with `overrides` applied."
-        if name not in DATA_PRESETS: raise ValueError(f"unknown preset {name!r}; choose from {sorted(DATA_PRESETS)}")
-        return cls(**(DATA_PRESETS[name] | overrides))
-
-    @classmethod
-    def from_yaml(cls, path) -> 'DataConfig':
-        "Load from YAML: an optional `preset:` key plus any fields to override."
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(raw, dict): raise ValueError(f"{path}: expected a mapping of DataConfig fields")
-        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)} - {'preset'}
-        if unknown: raise ValueError(f"{path}: unknown DataConfig key(s) {sorted(unknown)}")
-        return cls.preset(raw.pop('preset', 'tiny'), **raw)
-
-    def to_yaml(self) -> str: return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
-
 DATASET_FORMAT = 'cadrecode_nb-shards-1'
-DATA_PRESETS = dict(tiny=dict(n_samples=300, shard_size=100, val_fraction=0.1, test_fraction=0.1),
-                    small=dict(n_samples=50_000, shard_size=1000, val_fraction=0.02, test_fraction=0.02))
 
 # %% ../nbs/00d_dataset.ipynb #06c81140
-def _atomic_write(path, write:Callable):
-    "Call `write(f)` on a temporary file beside `path`, fsync it, then os.replace it onto `path`."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
-        umask = os.umask(0); os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes files private (0600); a dataset is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)   # make the rename itself durable
-    try: os.fsync(dir_fd)
-    finally: os.close(dir_fd)
-
 def _write_npz(f, arrays:dict):
     "Write `arrays` in np.savez_compressed's format, but with fixed zip timestamps (equal data, equal bytes)."
     with zipfile.ZipFile(f, 'w') as zf:
@@ -227,15 +201,14 @@ def load_tokenizer(name_or_path='Qwen/Qwen2-1.5B') -> 'PreTrainedTokenizerFast':
 
 # %% ../nbs/00d_dataset.ipynb #95d8a11f
 def write_dataset(out_dir, # folder of the dataset (created; an existing one is resumed)
-                  config:DataConfig|str='tiny', # a DataConfig, or a preset name
+                  config:DataConfig|str='tiny', # a DataConfig, a preset name or a YAML path
                   progress:bool=True, # show a fastprogress bar
                   program_source:Callable|None=None, # (seed, n) -> programs; default: the generator's `random_programs`
                   timings:dict|None=None, # filled with wall-clock seconds per phase, if given
                   **overrides, # DataConfig fields, e.g. n_samples=40
                  ) -> dict: # the manifest
     "Generate, execute, deduplicate, sample and write a sharded procedural dataset; resumes an interrupted run."
-    cfg = DataConfig.preset(config, **overrides) if isinstance(config, str) else dataclasses.replace(config, **overrides)
-    if cfg.n_samples < 1 or cfg.shard_size < 1: raise ValueError("n_samples and shard_size must be positive")
+    cfg = DataConfig.load(config, overrides) if isinstance(config, str) else config.with_overrides(overrides)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob('shard_*.npz.*.tmp'), *out.glob('manifest.json.*.tmp')]: stale.unlink()
     program_source = program_source or random_programs
@@ -272,7 +245,7 @@ def write_dataset(out_dir, # folder of the dataset (created; an existing one is 
             if pb is not None: pb.update(0)
             arrays = _build_shard(s, target, cfg, pool, seen_programs, seen_geometry, program_source,
                                   on_progress=(lambda n: pb.update(n)) if pb is not None else (lambda n: None))
-            _atomic_write(path, partial(_write_npz, arrays=arrays))
+            with atomic_writer(path) as f: _write_npz(f, arrays)
             timings['shards'] += time.perf_counter() - t
             entries.append((path, _read_shard(path)))
     finally:
@@ -284,7 +257,7 @@ def write_dataset(out_dir, # folder of the dataset (created; an existing one is 
     train_code_tokenizer(train_codes, cfg.vocab_size, out / 'tokenizer')
     timings['tokenizer'] = time.perf_counter() - t
     manifest = _make_manifest(cfg, entries)
-    _atomic_write(out / 'manifest.json', lambda f: f.write(_json_bytes(manifest)))
+    atomic_write(out / 'manifest.json', _json_bytes(manifest))
     timings['total'] = time.perf_counter() - t0
     return manifest
 
@@ -409,20 +382,17 @@ class PointCodeCollator:
         return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, points=points)
 
 # %% ../nbs/00d_dataset.ipynb #71ee0e8c
-def main(argv:Sequence[str]|None=None):
-    "Console script `cadrecode_data`: build or resume a procedural dataset and print its summary."
-    p = argparse.ArgumentParser(prog='cadrecode_data', description='Build (or resume) a procedural CAD-Recode dataset: '
-                                'programs -> sandbox -> point clouds -> shards.')
-    p.add_argument('--preset', choices=sorted(DATA_PRESETS), help='named configuration (default: tiny)')
-    p.add_argument('--config', help='YAML file of DataConfig fields (may name a preset)')
+def _data_command(argv:Sequence[str]):
+    p = config_parser(DataConfig, 'cadrecode_data', 'Build (or resume) a procedural CAD-Recode dataset: '
+                      'programs -> sandbox -> point clouds -> shards.')
     p.add_argument('--out', default='data/procedural', help='output folder (default: %(default)s)')
-    p.add_argument('--n-samples', type=int, help='kept samples to write')
-    p.add_argument('--seed', type=int, help='root seed')
-    p.add_argument('--workers', type=int, help='sandbox worker processes (default: all cores)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
-    if args.preset and args.config: p.error('give --preset or --config, not both')
-    cfg = DataConfig.from_yaml(args.config) if args.config else DataConfig.preset(args.preset or 'tiny')
-    overrides = {k: v for k, v in dict(n_samples=args.n_samples, seed=args.seed, workers=args.workers).items() if v is not None}
-    manifest = write_dataset(args.out, cfg, progress=not args.no_progress, **overrides)
+    cfg = config_from_args(DataConfig, args)
+    if args.print_config: print(cfg.to_yaml(), end=''); return
+    manifest = write_dataset(args.out, cfg, progress=not args.no_progress)
     print(f"{args.out}: {manifest_summary(manifest)}")
+
+def main(argv:Sequence[str]|None=None):
+    "Console script `cadrecode_data`: build or resume a procedural dataset and print its summary."
+    return run_command('cadrecode_data', _data_command, argv)

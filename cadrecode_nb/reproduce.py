@@ -4,39 +4,36 @@
 
 # %% ../nbs/05_reproduce.ipynb #74906700
 from __future__ import annotations
-import argparse, dataclasses, json, os, platform, shlex, shutil, sys, time
+import argparse, json, os, platform, shlex, shutil, time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, get_args, get_type_hints
+from typing import Sequence
 
-import numpy as np, torch, yaml
+import numpy as np, torch
 import matplotlib.pyplot as plt
 
+from .core import (Config, KitError, atomic_write, replace_dir, dtype_name, torch_dtype,
+                               resolve_device, run_command)
 from .dataset import DataConfig, write_dataset, read_manifest, manifest_summary, load_tokenizer
 from .model import CADRecode
-from .trainer import (ConfigError, CheckpointError, config_dir, load_config, train, read_history,
-                                  plot_history, count_parameters)
+from .trainer import TrainConfig, train
+from .checkpoints import read_history, plot_history, count_parameters
 from .eval import (NORMALIZATIONS, PUBLISHED, ScoreReport, load_eval_inputs, generate_step,
                                score_generations, summarize, summary_table, read_jsonl, write_jsonl, save_plots,
                                plot_cd_histogram, plot_gallery, normalize_prediction, normalize_target)
 
 # %% auto #0
-__all__ = ['STAGES', 'GEN_DTYPES', 'STAGE_FUNCTIONS', 'PresetError', 'ReproducePreset', 'preset_names', 'apply_preset_overrides',
-           'load_preset', 'machine_info', 'ReproduceRun', 'StageIncomplete', 'busy_cores', 'choose_threads',
-           'stage_data', 'train_config_for', 'export_sharded', 'stage_train', 'first_candidates', 'stage_generate',
-           'first_candidate_records', 'stage_score', 'results_markdown', 'failure_breakdown', 'gallery_items',
-           'write_report', 'stage_report', 'parse_stages', 'run_reproduction', 'parse_args', 'main']
+__all__ = ['STAGES', 'STAGE_FUNCTIONS', 'ReproducePreset', 'machine_info', 'ReproduceRun', 'StageIncomplete', 'busy_cores',
+           'choose_threads', 'stage_data', 'train_config_for', 'export_sharded', 'stage_train', 'first_candidates',
+           'stage_generate', 'first_candidate_records', 'stage_score', 'results_markdown', 'failure_breakdown',
+           'gallery_items', 'write_report', 'stage_report', 'parse_stages', 'run_reproduction', 'parse_args', 'main']
 
 # %% ../nbs/05_reproduce.ipynb #9b617cdb
-class PresetError(ValueError):
-    "A reproduction preset, an override or a run folder is wrong; the message names it."
-
 STAGES = ('data', 'train', 'generate', 'score', 'report')
-GEN_DTYPES = ('float32', 'bfloat16', 'float16')
 
 @dataclass
-class ReproducePreset:
+class ReproducePreset(Config):
     "What one reproduction run does at each stage: data, training, generation and scoring settings."
     name: str = 'custom'
     description: str = ''
@@ -45,10 +42,10 @@ class ReproducePreset:
     data_kw: dict = field(default_factory=dict)   # DataConfig overrides, e.g. {n_samples: 1500}
     data_dir: str = ''               # use this finished dataset instead of building one ('' = build)
     # train
-    train_config: str = 'cpu'        # TrainConfig recipe: a shipped name (load_config) or a YAML path
+    train_config: str = 'cpu'        # TrainConfig recipe: a shipped name (TrainConfig.load) or a YAML path
     train_kw: dict = field(default_factory=dict)  # TrainConfig overrides
     max_shard_mb: int = 15           # the exported model is written in files of at most this many MB
-    export_dtype: str = ''           # '' = as trained; 'bfloat16' halves what travels back from a GPU machine
+    export_dtype: str = ''           # '' = as trained; 'bf16' halves what travels back from a GPU machine
     # generate
     n_test: int = 40                 # first n items of the test split (0 = all)
     num_candidates: int = 10         # candidate 0 greedy, the others sampled
@@ -57,7 +54,7 @@ class ReproducePreset:
     max_new_tokens: int = 768
     gen_batch_size: int = 16
     gen_device: str = 'auto'         # auto (cuda if present), cpu, cuda, cuda:N
-    gen_dtype: str = 'float32'       # float32, bfloat16 (GPU) or float16
+    gen_dtype: str = 'fp32'          # fp32, bf16 (GPU) or fp16
     gen_seed: int = 0                # torch seed of the sampled candidates
     # score
     normalization: str = 'bbox'      # 'bbox' (cadrille's script) or 'demo' (see 04_eval)
@@ -66,90 +63,21 @@ class ReproducePreset:
     n_gallery: int = 4               # successes and failures each drawn in the report
     torch_threads: int | None = None # torch CPU threads for train/generate (None = from the load average, see below)
 
-    def __post_init__(self):
-        def need(ok, key, why):
-            if not ok: raise PresetError(f"preset {self.name!r}: key '{key}' = {getattr(self, key)!r}: {why}")
+    nested_keys = {'data_kw': lambda: DataConfig.keys(), 'train_kw': lambda: TrainConfig.keys()}
+    preset_file = 'reproduce_{}.yaml'
+
+    def validate(self):
+        need = self.need
         need(self.n_test >= 0, 'n_test', 'must be >= 0 (0 = the whole test split)')
         need(self.num_candidates >= 1, 'num_candidates', 'must be >= 1')
         for k in ('max_new_tokens', 'gen_batch_size', 'max_shard_mb'): need(getattr(self, k) > 0, k, 'must be > 0')
-        need(self.gen_dtype in GEN_DTYPES, 'gen_dtype', f'must be one of {GEN_DTYPES}')
-        need(self.export_dtype in ('', *GEN_DTYPES), 'export_dtype', f"must be '' (as trained) or one of {GEN_DTYPES}")
+        self.gen_dtype = dtype_name(self.gen_dtype)  # one vocabulary: 'bfloat16' and 'bf16' both become 'bf16'
+        if self.export_dtype: self.export_dtype = dtype_name(self.export_dtype)
         need(self.normalization in NORMALIZATIONS, 'normalization', f'must be one of {NORMALIZATIONS}')
         need(self.timeout > 0, 'timeout', 'must be > 0')
-        need(0 < self.top_p <= 1 and self.temperature > 0, 'top_p' if not 0 < self.top_p <= 1 else 'temperature',
-             'top_p must be in (0, 1] and temperature > 0')
-        for k in ('data_kw', 'train_kw'): need(isinstance(getattr(self, k), dict), k, 'must be a mapping')
+        need(0 < self.top_p <= 1, 'top_p', 'must be in (0, 1]')
+        need(self.temperature > 0, 'temperature', 'must be > 0')
         need(self.torch_threads is None or self.torch_threads > 0, 'torch_threads', 'must be > 0 or None')
-
-    def to_dict(self) -> dict: return dataclasses.asdict(self)
-    def to_yaml(self) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-# %% ../nbs/05_reproduce.ipynb #5f381fe9
-def _preset_path(name:str) -> Path:
-    "The YAML file of a shipped preset (configs/reproduce_<name>.yaml) or of a path."
-    p = Path(name)
-    if p.suffix in ('.yaml', '.yml'):
-        if not p.exists(): raise PresetError(f"preset file {p} does not exist")
-        return p
-    p = config_dir()/f'reproduce_{name}.yaml'
-    if not p.exists(): raise PresetError(f"no reproduce preset named {name!r}; choose one of {preset_names()} or give a YAML path")
-    return p
-
-def preset_names() -> list[str]:
-    "Names of the shipped reproduction presets."
-    return sorted(p.stem.removeprefix('reproduce_') for p in config_dir().glob('reproduce_*.yaml'))
-
-def _coerce(key:str, value, tp):
-    "`value` (YAML text or a YAML scalar) as the declared type `tp` of preset field `key`."
-    args = get_args(tp)
-    optional, base = type(None) in args, next((a for a in args if a is not type(None)), tp)
-    bad = PresetError(f"preset key '{key}': cannot use {value!r} as {base.__name__}{' or None' if optional else ''}")
-    if isinstance(value, str) and base is not str:
-        if optional and value.strip().lower() in ('none', 'null', '~', ''): return None
-        try: value = yaml.safe_load(value)
-        except yaml.YAMLError: raise bad from None
-    if value is None:
-        if optional: return None
-        raise bad
-    if base is dict:
-        if not isinstance(value, dict): raise bad
-        return dict(value)
-    if base is str: return str(value)
-    if isinstance(value, (bool, dict, list)): raise bad
-    try: f = float(value)
-    except (TypeError, ValueError): raise bad from None
-    if base is int:
-        if not f.is_integer(): raise bad
-        return int(f)
-    return f
-
-def apply_preset_overrides(d:dict, overrides:Sequence[str]|dict=(), source:str='overrides') -> dict:
-    "A copy of preset dict `d` with `key=value` overrides (`train.K=V`, `data.K=V` for the nested recipes)."
-    d = {**d, 'data_kw': dict(d.get('data_kw') or {}), 'train_kw': dict(d.get('train_kw') or {})}
-    items = list(overrides.items()) if isinstance(overrides, dict) else []
-    for o in ([] if isinstance(overrides, dict) else overrides):
-        if '=' not in o: raise PresetError(f"override {o!r}: expected key=value")
-        k, v = o.split('=', 1); items.append((k.strip(), v))
-    types = get_type_hints(ReproducePreset)
-    for k, v in items:
-        nest = {'train': 'train_kw', 'data': 'data_kw'}.get(k.split('.')[0]) if '.' in k else None
-        if nest: d[nest][k.split('.', 1)[1]] = yaml.safe_load(v) if isinstance(v, str) else v
-        elif k in types: d[k] = _coerce(k, v, types[k])
-        else: raise PresetError(f"{source}: unknown preset key '{k}'; keys are {sorted(types)} (or train.KEY / data.KEY)")
-    return d
-
-def load_preset(name:str='tiny', overrides:Sequence[str]|dict=()) -> ReproducePreset:
-    "A shipped preset by name ('tiny', 'small') or a YAML path, with `key=value` overrides applied."
-    path = _preset_path(name)
-    try: raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e: raise PresetError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict): raise PresetError(f"{path}: expected a mapping of preset keys")
-    types = get_type_hints(ReproducePreset)
-    unknown = sorted(set(raw) - set(types))
-    if unknown: raise PresetError(f"{path}: unknown preset key(s) {unknown}")
-    d = {k: _coerce(k, v, types[k]) for k, v in raw.items()}
-    d.setdefault('name', path.stem.removeprefix('reproduce_'))
-    return ReproducePreset(**apply_preset_overrides(d, overrides, source=str(path)))
 
 # %% ../nbs/05_reproduce.ipynb #2fdc566e
 def machine_info() -> dict:
@@ -161,23 +89,12 @@ def machine_info() -> dict:
     if torch.cuda.is_available(): info['gpu'] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return info
 
-def _atomic_text(path:Path, text:str):
-    "Write `text` to `path` through a temporary file and a rename."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text); os.replace(tmp, path)
-
-def _replace_dir(tmp:Path, dst:Path):
-    "Put the finished folder `tmp` in place of `dst` (removing an older `dst`)."
-    if dst.exists(): shutil.rmtree(dst)
-    os.replace(tmp, dst)
-
 # %% ../nbs/05_reproduce.ipynb #4f23fa1c
 class ReproduceRun:
     "The folder of one reproduction run: where each stage writes, and its done markers."
     def __init__(self, out:str|Path, preset:ReproducePreset):
         self.out, self.preset = Path(out), preset
-        if self.out.exists() and not self.out.is_dir(): raise PresetError(f"output {self.out} exists and is not a folder")
+        if self.out.exists() and not self.out.is_dir(): raise KitError(f"output {self.out} exists and is not a folder")
 
     @property
     def data_dir(self) -> Path: return Path(self.preset.data_dir) if self.preset.data_dir else self.out/'data'
@@ -205,7 +122,7 @@ class ReproduceRun:
         "Write `stage`'s done marker (atomically)."
         rec = dict(stage=stage, seconds=round(seconds, 2), finished=time.strftime('%Y-%m-%d %H:%M:%S'),
                    machine=machine_info(), preset=self.preset.name, info=info or {})
-        _atomic_text(self.marker(stage), json.dumps(rec, indent=1))
+        atomic_write(self.marker(stage), json.dumps(rec, indent=1))
         return rec
 
     def invalidate(self, stage:str) -> list[str]:
@@ -263,9 +180,9 @@ def stage_data(run:ReproduceRun, progress:bool=True) -> dict:
     "Build the preset's dataset into <out>/data (resumable), or check the given finished dataset."
     p = run.preset
     if p.data_dir: _dataset_ready(run.data_dir, 'data'); manifest = read_manifest(run.data_dir)
-    else: manifest = write_dataset(run.data_dir, DataConfig.preset(p.data_preset, **p.data_kw), progress=progress)
+    else: manifest = write_dataset(run.data_dir, DataConfig.load(p.data_preset, p.data_kw), progress=progress)
     n_test = manifest['counts']['test']
-    if n_test == 0: raise PresetError(f"dataset {run.data_dir} has no test split: nothing to evaluate on")
+    if n_test == 0: raise KitError(f"dataset {run.data_dir} has no test split: nothing to evaluate on")
     if p.n_test > n_test: print(f"warning: the test split of {run.data_dir} has {n_test} items, fewer than n_test={p.n_test}")
     print(manifest_summary(manifest))
     return dict(data_dir=str(run.data_dir), built=not p.data_dir, n_samples=manifest['n_samples'],
@@ -276,17 +193,17 @@ def train_config_for(run:ReproduceRun, progress:bool=True):
     "The preset's TrainConfig, pointed at the run's dataset and train folder."
     over = {**run.preset.train_kw, 'data_dir': str(run.data_dir), 'out_dir': str(run.train_dir), 'build_data': '',
             'export': True, 'progress': progress}
-    return load_config(run.preset.train_config, over)
+    return TrainConfig.load(run.preset.train_config, over)
 
 def export_sharded(src:Path, dst:Path, max_shard_mb:int=15, dtype:str='') -> list[tuple[str, int]]:
     "Re-save the model and tokenizer in `src` into `dst` (in `dtype`) with weight files of at most `max_shard_mb` MB."
-    model = CADRecode.from_pretrained(src, **({'dtype': getattr(torch, dtype)} if dtype else {}))
+    model = CADRecode.from_pretrained(src, **({'dtype': torch_dtype(dtype)} if dtype else {}))
     tok = load_tokenizer(src)
     tmp = dst.with_name(dst.name + '.partial')
     if tmp.exists(): shutil.rmtree(tmp)
     model.save_pretrained(tmp, max_shard_size=f'{max_shard_mb}MB'); tok.save_pretrained(tmp)
     CADRecode.from_pretrained(tmp)   # loads back: the check that the files are complete
-    _replace_dir(tmp, dst)
+    replace_dir(tmp, dst)
     files = sorted((f.name, f.stat().st_size) for f in dst.iterdir())
     big = [n for n, s in files if s > 16 * 2**20]
     if big: print(f"warning: {dst}: {big} are larger than 16 MiB (one tensor is bigger than max_shard_mb={max_shard_mb})")
@@ -307,12 +224,6 @@ def stage_train(run:ReproduceRun, progress:bool=True) -> dict:
                 largest_file_mb=round(max(s for _, s in files) / 2**20, 2), config=cfg.to_dict())
 
 # %% ../nbs/05_reproduce.ipynb #eed175fe
-def _device(name:str) -> torch.device:
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(name)
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise PresetError(f"gen_device={name!r}: no CUDA device here")
-    return dev
-
 def first_candidates(gen_dir:Path, out_dir:Path):
     "Write the generations of `gen_dir` cut to their first candidate into `out_dir` (same files, k = 1)."
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,9 +238,9 @@ def stage_generate(run:ReproduceRun, progress:bool=True) -> dict:
     p = run.preset
     _need(run.model_dir/'config.json', 'generate', 'train', run); _dataset_ready(run.data_dir, 'generate')
     items = load_eval_inputs(run.data_dir, split='test', limit=p.n_test or None)
-    device = _device(p.gen_device)
+    device = resolve_device(p.gen_device)
     if device.type == 'cpu': _set_threads(run)
-    model = CADRecode.from_pretrained(run.model_dir, dtype=getattr(torch, p.gen_dtype)).to(device).eval()
+    model = CADRecode.from_pretrained(run.model_dir, dtype=torch_dtype(p.gen_dtype)).to(device).eval()
     tok = load_tokenizer(run.model_dir)
     tmp = run.out/'generate.partial'
     if tmp.exists(): shutil.rmtree(tmp)
@@ -340,7 +251,7 @@ def stage_generate(run:ReproduceRun, progress:bool=True) -> dict:
                   max_new_tokens=p.max_new_tokens, batch_size=p.gen_batch_size, greedy_first=True, progress=progress)
     secs = time.time() - t0
     if p.num_candidates > 1: first_candidates(tmp/run.candidates_name(), tmp/'greedy')
-    _replace_dir(tmp, run.gen_dir)
+    replace_dir(tmp, run.gen_dir)
     rows = read_jsonl(run.gen_dir/run.candidates_name()/'generations.jsonl')
     n_prog = sum(len(r['programs']) for r in rows)
     return dict(n_items=len(rows), n_programs=n_prog, device=str(device), dtype=p.gen_dtype, seconds=round(secs, 2),
@@ -380,7 +291,7 @@ def stage_score(run:ReproduceRun, progress:bool=True) -> dict:
         recs = first_candidate_records(rep.records)
         reports['greedy'] = ScoreReport(recs, summarize(recs), rep.gt_failed, [], rep.seconds, rep.normalization)
         _write_score(reports['greedy'], tmp/'greedy', derived_from=f'candidate 0 of {name}')
-    _replace_dir(tmp, run.score_dir)
+    replace_dir(tmp, run.score_dir)
     return dict(timings=rep.timings, gt_failed=len(rep.gt_failed),
                 **{f'{n}_{row}': {k: r.summary[row].get(k) for k in ('n', 'ir', 'ir_solid', 'mean_cd', 'median_cd', 'iou')}
                    for n, r in reports.items() for row in (('first',) if n == 'greedy' else ('first', 'picked', 'oracle'))})
@@ -541,8 +452,8 @@ def write_report(run:ReproduceRun, progress:bool=True) -> Path:
         if msgs: md.append('  Most common messages: ' + '; '.join(f'`{m}` ({c})' for m, c in msgs) + '.')
     failed = summaries[name].get('gt_failed', [])
     if failed: md += ['', f'{len(failed)} test parts were left out because their ground truth did not run again: {failed[:3]}']
-    _atomic_text(tmp/'report.md', '\n'.join(md) + '\n')
-    _replace_dir(tmp, run.report_dir)
+    atomic_write(tmp/'report.md', '\n'.join(md) + '\n')
+    replace_dir(tmp, run.report_dir)
     return run.report_dir/'report.md'
 
 def stage_report(run:ReproduceRun, progress:bool=True) -> dict:
@@ -557,7 +468,7 @@ def parse_stages(stages:str|Sequence[str]) -> list[str]:
     "Stage names from 'a,b' or a list, checked and put in pipeline order."
     names = [s.strip() for s in (stages.split(',') if isinstance(stages, str) else stages) if s.strip()]
     bad = [s for s in names if s not in STAGES]
-    if bad or not names: raise PresetError(f"unknown stage(s) {bad or names}; stages are {','.join(STAGES)}")
+    if bad or not names: raise KitError(f"unknown stage(s) {bad or names}; stages are {','.join(STAGES)}")
     return [s for s in STAGES if s in names]
 
 def _clean_outputs(run:ReproduceRun, stage:str):
@@ -578,14 +489,14 @@ def _log_invocation(run:ReproduceRun, command:str):
               f"results: use --force STAGE to redo them")
     state['invocations'].append(dict(command=command, started=time.strftime('%Y-%m-%d %H:%M:%S'), host=platform.node()))
     state['preset'] = run.preset.to_dict()
-    _atomic_text(path, json.dumps(state, indent=1))
+    atomic_write(path, json.dumps(state, indent=1))
 
 def run_reproduction(out:str|Path, preset:ReproducePreset|str='tiny', stages:str|Sequence[str]=STAGES,
                      force:str|None=None, progress:bool=True, command:str|None=None) -> ReproduceRun:
     "Run (or resume) the requested stages of a reproduction into `out`; finished stages are skipped."
-    preset = load_preset(preset) if isinstance(preset, str) else preset
+    preset = ReproducePreset.load(preset) if isinstance(preset, str) else preset
     run, todo = ReproduceRun(out, preset), parse_stages(stages)
-    if force is not None and force not in STAGES: raise PresetError(f"--force {force!r}: not a stage; stages are {','.join(STAGES)}")
+    if force is not None and force not in STAGES: raise KitError(f"--force {force!r}: not a stage; stages are {','.join(STAGES)}")
     run.out.mkdir(parents=True, exist_ok=True)
     _log_invocation(run, command or f"run_reproduction({str(out)!r}, {preset.name!r}, stages={','.join(todo)!r}, force={force!r})")
     if force:
@@ -608,29 +519,30 @@ def parse_args(argv:Sequence[str]|None=None) -> argparse.Namespace:
     "Command-line arguments of `cadrecode_reproduce`."
     p = argparse.ArgumentParser(prog='cadrecode_reproduce', description='From nothing to a trained CAD-Recode model, its '
                                 'evaluation and a report: stages data, train, generate, score, report (each resumable).')
-    p.add_argument('--preset', default='tiny', help='shipped preset (' + ', '.join(preset_names()) + ') or a YAML path [%(default)s]')
+    p.add_argument('--preset', '--config', dest='preset', default='tiny', help='shipped preset (' + ', '.join(ReproducePreset.presets()) + ') or a YAML path [%(default)s]')
     p.add_argument('--out', help='run folder (default: runs/reproduce-<preset>)')
     p.add_argument('--data-dir', help='use this finished dataset (cadrecode_data output) instead of building one')
     p.add_argument('--stages', default=','.join(STAGES), help='comma-separated subset of %(default)s')
     p.add_argument('--force', metavar='STAGE', help='redo STAGE and every stage after it')
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override a preset key (train.KEY, data.KEY too)')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override a preset key (train_kw.KEY, data_kw.KEY too)')
+    p.add_argument('--debug', action='store_true', help='show the full traceback of an error')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.add_argument('--print-preset', action='store_true', help='print the resolved preset as YAML and exit')
     return p.parse_args(argv)
 
+def _reproduce_command(argv:Sequence[str]):
+    args = parse_args(argv)
+    sets = list(args.set) + ([f'data_dir={args.data_dir}'] if args.data_dir else [])
+    preset = ReproducePreset.load(args.preset, sets)
+    if args.print_preset: print(preset.to_yaml(), end=''); return
+    out = args.out or f'runs/reproduce-{preset.name}'
+    cmd = ' '.join(shlex.quote(a) for a in ['cadrecode_reproduce', *argv])
+    run = run_reproduction(out, preset, args.stages, args.force, not args.no_progress, command=cmd)
+    summary = run.score_dir/run.candidates_name()/'summary.json'
+    if summary.exists() and {'score', 'report'} & set(parse_stages(args.stages)):
+        print(summary_table(json.loads(summary.read_text()), normalization=preset.normalization))
+    if (run.report_dir/'report.md').exists(): print(f"report: {run.report_dir/'report.md'}")
+
 def main(argv:Sequence[str]|None=None):
     "Entry point of `cadrecode_reproduce`."
-    args = parse_args(argv)
-    try:
-        sets = list(args.set) + ([f'data_dir={args.data_dir}'] if args.data_dir else [])
-        preset = load_preset(args.preset, sets)
-        if args.print_preset: print(preset.to_yaml(), end=''); return
-        out = args.out or f'runs/reproduce-{preset.name}'
-        cmd = ' '.join(shlex.quote(a) for a in ['cadrecode_reproduce', *(sys.argv[1:] if argv is None else argv)])
-        run = run_reproduction(out, preset, args.stages, args.force, not args.no_progress, command=cmd)
-        summary = run.score_dir/run.candidates_name()/'summary.json'
-        if summary.exists() and {'score', 'report'} & set(parse_stages(args.stages)):
-            print(summary_table(json.loads(summary.read_text()), normalization=preset.normalization))
-        if (run.report_dir/'report.md').exists(): print(f"report: {run.report_dir/'report.md'}")
-    except (PresetError, ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"cadrecode_reproduce: error: {e}", file=sys.stderr); sys.exit(2)
+    return run_command('cadrecode_reproduce', _reproduce_command, argv)

@@ -4,14 +4,13 @@
 
 # %% ../nbs/03_trainer.ipynb #f2df692c
 from __future__ import annotations
-import argparse, difflib, importlib.util, json, math, os, random, resource, shutil, sys, time
+import math, os, random, time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, get_args, get_type_hints
+from typing import Any, Callable, Sequence
 
-import numpy as np, torch, yaml
-import matplotlib.pyplot as plt
+import numpy as np, torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -19,29 +18,25 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from fastprogress.fastprogress import progress_bar
 
+from .core import Config, ConfigError, torch_dtype, resolve_device, config_parser, config_from_args, run_command
 from .model import CADRecode, tiny_config, qwen2_1_5b_config, use_attention, to_device
 from .dataset import load_tokenizer, PointCodeCollator, CADRecodeDataset
 from .points import add_point_noise
+from .checkpoints import (CKPT_FORMAT, CheckpointError, History, save_checkpoint, load_checkpoint, latest_checkpoint,
+                                      rng_state, set_rng_state, check_resume_config, export_model, count_parameters,
+                                      measure_matmul_flops, mfu, peak_memory_gb)
 
 # %% auto #0
-__all__ = ['DTYPES', 'CKPT_FORMAT', 'RESUME_KEYS', 'DDP_BUCKET_MB', 'ConfigError', 'TrainConfig', 'coerce_value',
-           'validate_config', 'apply_overrides', 'config_dir', 'load_config', 'detect_device', 'autocast_for',
-           'make_grad_scaler', 'enable_tf32', 'param_groups', 'make_optimizer', 'make_scheduler', 'lr_curve',
-           'make_ema', 'ResumableSampler', 'deal_evenly', 'code_lengths', 'noise_generator', 'DistInfo',
-           'setup_distributed', 'cleanup_distributed', 'CheckpointError', 'atomic_save', 'load_checkpoint',
-           'save_checkpoint', 'latest_checkpoint', 'rng_state', 'set_rng_state', 'check_resume_config', 'export_model',
-           'History', 'read_history', 'count_parameters', 'measure_matmul_flops', 'mfu', 'peak_memory_gb',
-           'plot_history', 'oom_guard', 'nonfinite', 'clip_coef', 'apply_update', 'count_skip', 'build_model',
-           'open_dataset', 'validation_loss', 'make_trackers', 'wrap_ddp', 'compile_layers', 'StepNumbers',
-           'train_step', 'read_step', 'TrainResult', 'train', 'GreedyEvaluator', 'parse_args', 'main']
-
-# %% ../nbs/03_trainer.ipynb #a474d7b0
-class ConfigError(ValueError):
-    "A configuration value or key is wrong; the message names it."
+__all__ = ['DDP_BUCKET_MB', 'TrainConfig', 'autocast_for', 'make_grad_scaler', 'enable_tf32', 'param_groups', 'make_optimizer',
+           'make_scheduler', 'lr_curve', 'make_ema', 'ResumableSampler', 'deal_evenly', 'code_lengths',
+           'noise_generator', 'DistInfo', 'setup_distributed', 'cleanup_distributed', 'oom_guard', 'nonfinite',
+           'clip_coef', 'apply_update', 'count_skip', 'build_model', 'open_dataset', 'validation_loss', 'make_trackers',
+           'wrap_ddp', 'compile_layers', 'StepNumbers', 'train_step', 'read_step', 'TrainResult', 'train',
+           'GreedyEvaluator', 'parse_args', 'main']
 
 # %% ../nbs/03_trainer.ipynb #1d33fe86
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     "One training run: model, data, optimisation, precision, validation, checkpoints and records."
     # model and data
     model: str = 'tiny'                 # 'tiny' (tiny_config), 'qwen2-1.5b' (random init, real shapes) or a HF name/path
@@ -63,7 +58,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    warmup_steps: int = 1000
+    warmup_steps: int = 30              # linear warm-up; the paper's recipe: 1,000 of 100,000
     min_lr_ratio: float = 0.0           # floor of the cosine, as a fraction of lr
     grad_clip: float = 1.0              # max global gradient norm (0 = measure, do not clip)
     # precision and speed
@@ -99,168 +94,49 @@ class TrainConfig:
     max_nan_streak: int = 20            # stop after this many non-finite steps in a row
     seed: int = 0
 
-    def __post_init__(self): validate_config(self)
+    nested_keys = {'model_kw': lambda: _qwen2_keys(), 'data_kw': lambda: _data_keys()}
+    preset_file = 'train_{}.yaml'
 
-    @classmethod
-    def from_dict(cls, d:dict, source:str='dict'):
-        "Build from a plain dict (e.g. YAML), coercing types and naming unknown keys."
-        d = dict(d or {})
-        unknown = [k for k in d if k not in _field_types()]
-        if unknown: raise ConfigError(f"{source}: unknown config key(s) {unknown}{_suggest(unknown[0])}")
-        return cls(**{k: coerce_value(k, v) for k, v in d.items()})
+    def validate(self):
+        "Ranges and choices; each error names the key and its value."
+        need = self.need
+        need(self.model.strip() != '', 'model', "name 'tiny', 'qwen2-1.5b' or a HF name/path")
+        need(self.dtype in ('fp32', 'bf16', 'fp16'), 'dtype', "must be fp32, bf16 or fp16")
+        need(self.device == 'auto' or self.device.split(':')[0] in ('cpu', 'cuda', 'mps'), 'device', "auto, cpu, cuda, cuda:N or mps")
+        for k in ('steps', 'batch_size', 'micro_batch_size', 'keep_last', 'eval_samples', 'eval_max_new_tokens'): need(getattr(self, k) > 0, k, "must be > 0")
+        for k in ('val_every', 'val_batches', 'eval_every', 'save_every', 'log_every', 'warmup_steps', 'max_nan_streak',
+                  'pad_to_multiple_of'):
+            need(getattr(self, k) >= 0, k, "must be >= 0")
+        need(self.batch_size % self.micro_batch_size == 0, 'batch_size', f"must be a multiple of micro_batch_size={self.micro_batch_size}")
+        need(self.warmup_steps < self.steps, 'warmup_steps', f"must be < steps={self.steps}")
+        need(self.lr > 0, 'lr', "must be > 0")
+        need(self.projector_lr is None or self.projector_lr > 0, 'projector_lr', "must be > 0 or None")
+        need(self.weight_decay >= 0, 'weight_decay', "must be >= 0")
+        for k in ('beta1', 'beta2'): need(0 <= getattr(self, k) < 1, k, "must be in [0, 1)")
+        need(self.eps > 0, 'eps', "must be > 0")
+        need(0 <= self.min_lr_ratio <= 1, 'min_lr_ratio', "must be in [0, 1]")
+        need(self.grad_clip >= 0, 'grad_clip', "must be >= 0 (0 = no clipping)")
+        need(0 <= self.ema_decay < 1, 'ema_decay', "must be in [0, 1) (0 = off)")
+        need(0 <= self.noise_p <= 1, 'noise_p', "must be in [0, 1]")
+        need(self.noise_std >= 0, 'noise_std', "must be >= 0")
+        need(self.max_code_tokens is None or self.max_code_tokens > 0, 'max_code_tokens', "must be > 0 or None")
+        need(self.best_mode in ('min', 'max'), 'best_mode', "must be 'min' or 'max'")
+        need(self.stop_at is None or 0 < self.stop_at <= self.steps, 'stop_at', f"must be in 1..steps={self.steps} or None")
+        need(self.peak_flops is None or self.peak_flops > 0, 'peak_flops', "must be > 0 or None")
+        need(self.resume in ('auto', 'never') or self.resume.strip() != '', 'resume', "'auto', 'never' or a checkpoint path")
 
-    @classmethod
-    def from_yaml(cls, path):
-        "Load a YAML file; errors name the file and the key."
-        path = Path(path)
-        try: d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if d is not None and not isinstance(d, dict): raise ConfigError(f"{path}: expected a mapping of config keys")
-        try: return cls.from_dict(d, source=str(path))
-        except ConfigError as e:
-            raise ConfigError(e.args[0] if str(path) in e.args[0] else f"{path}: {e.args[0]}") from None
+def _qwen2_keys() -> list[str]:
+    from transformers import Qwen2Config
+    return sorted(Qwen2Config().to_dict())
 
-    def to_dict(self) -> dict: return asdict(self)
-    def to_yaml(self) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-# %% ../nbs/03_trainer.ipynb #e606ab52
-def _field_types(): return get_type_hints(TrainConfig)
-
-def _suggest(key):
-    close = difflib.get_close_matches(key, list(_field_types()), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ''
-
-_TRUE, _FALSE = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
-
-# %% ../nbs/03_trainer.ipynb #72709767
-def coerce_value(key:str, value):
-    "Convert `value` (text or YAML scalar) to the declared type of TrainConfig field `key`."
-    types = _field_types()
-    if key not in types: raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
-    tp, bad = types[key], ConfigError(f"config key '{key}': cannot use {value!r} as {types[key]}")
-    args = get_args(tp)
-    optional = type(None) in args
-    if optional: tp = next(a for a in args if a is not type(None))
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ('none', 'null', '~', '')):
-        if optional: return None
-        raise bad
-    if tp is bool:
-        if isinstance(value, bool): return value
-        s = str(value).strip().lower()
-        if s in _TRUE: return True
-        if s in _FALSE: return False
-        raise bad
-    if tp is int:
-        if isinstance(value, bool): raise bad
-        try: f = float(value)
-        except (TypeError, ValueError): raise bad from None
-        if not f.is_integer(): raise bad
-        return int(f)
-    if tp is float:
-        if isinstance(value, bool): raise bad
-        try: return float(value)
-        except (TypeError, ValueError): raise bad from None
-    if tp is dict:
-        if isinstance(value, str):
-            try: value = yaml.safe_load(value)
-            except yaml.YAMLError: raise bad from None
-        if not isinstance(value, dict): raise bad
-        return dict(value)
-    if tp is str:
-        if isinstance(value, (dict, list)): raise bad
-        return str(value)
-    raise bad
-
-# %% ../nbs/03_trainer.ipynb #164fafcc
-def validate_config(cfg:TrainConfig):
-    "Check ranges and choices; raise ConfigError naming the key and the bad value."
-    def need(ok, key, why):
-        if not ok: raise ConfigError(f"config key '{key}' = {getattr(cfg, key)!r}: {why}")
-    for k, tp in _field_types().items():   # types (a dataclass does not check them)
-        v = getattr(cfg, k)
-        if v is not None and not isinstance(v, dict): setattr(cfg, k, coerce_value(k, v))
-    need(cfg.model.strip() != '', 'model', "name 'tiny', 'qwen2-1.5b' or a HF name/path")
-    need(cfg.dtype in ('fp32', 'bf16', 'fp16'), 'dtype', "must be fp32, bf16 or fp16")
-    need(cfg.device == 'auto' or cfg.device.split(':')[0] in ('cpu', 'cuda', 'mps'), 'device', "auto, cpu, cuda, cuda:N or mps")
-    for k in ('steps', 'batch_size', 'micro_batch_size', 'keep_last', 'eval_samples', 'eval_max_new_tokens'): need(getattr(cfg, k) > 0, k, "must be > 0")
-    for k in ('val_every', 'val_batches', 'eval_every', 'save_every', 'log_every', 'warmup_steps', 'max_nan_streak',
-              'pad_to_multiple_of'):
-        need(getattr(cfg, k) >= 0, k, "must be >= 0")
-    need(cfg.batch_size % cfg.micro_batch_size == 0, 'batch_size', f"must be a multiple of micro_batch_size={cfg.micro_batch_size}")
-    need(cfg.warmup_steps < cfg.steps, 'warmup_steps', f"must be < steps={cfg.steps}")
-    need(cfg.lr > 0, 'lr', "must be > 0")
-    need(cfg.projector_lr is None or cfg.projector_lr > 0, 'projector_lr', "must be > 0 or None")
-    need(cfg.weight_decay >= 0, 'weight_decay', "must be >= 0")
-    for k in ('beta1', 'beta2'): need(0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
-    need(cfg.eps > 0, 'eps', "must be > 0")
-    need(0 <= cfg.min_lr_ratio <= 1, 'min_lr_ratio', "must be in [0, 1]")
-    need(cfg.grad_clip >= 0, 'grad_clip', "must be >= 0 (0 = no clipping)")
-    need(0 <= cfg.ema_decay < 1, 'ema_decay', "must be in [0, 1) (0 = off)")
-    need(0 <= cfg.noise_p <= 1, 'noise_p', "must be in [0, 1]")
-    need(cfg.noise_std >= 0, 'noise_std', "must be >= 0")
-    need(cfg.max_code_tokens is None or cfg.max_code_tokens > 0, 'max_code_tokens', "must be > 0 or None")
-    need(cfg.best_mode in ('min', 'max'), 'best_mode', "must be 'min' or 'max'")
-    need(cfg.stop_at is None or 0 < cfg.stop_at <= cfg.steps, 'stop_at', f"must be in 1..steps={cfg.steps} or None")
-    need(cfg.peak_flops is None or cfg.peak_flops > 0, 'peak_flops', "must be > 0 or None")
-    need(cfg.resume in ('auto', 'never') or cfg.resume.strip() != '', 'resume', "'auto', 'never' or a checkpoint path")
-    return cfg
-
-# %% ../nbs/03_trainer.ipynb #9071494c
-def apply_overrides(cfg:TrainConfig, overrides:Sequence[str]|dict=()) -> TrainConfig:
-    "A copy of `cfg` with `key=value` overrides applied and validated."
-    items = list(overrides.items()) if isinstance(overrides, dict) else []
-    for o in ([] if isinstance(overrides, dict) else overrides):
-        if '=' not in o: raise ConfigError(f"override {o!r}: expected key=value")
-        k, v = o.split('=', 1)
-        items.append((k.strip(), v))
-    d = cfg.to_dict()
-    for k, v in items:
-        if '.' in k:
-            top, sub = k.split('.', 1)
-            if _field_types().get(top) is not dict: raise ConfigError(f"override {k!r}: '{top}' is not a dict key")
-            d[top] = {**d[top], sub: yaml.safe_load(v) if isinstance(v, str) else v}
-        else:
-            if k not in d: raise ConfigError(f"override: unknown config key '{k}'{_suggest(k)}")
-            d[k] = coerce_value(k, v)
-    return TrainConfig(**d)
-
-# %% ../nbs/03_trainer.ipynb #beb92265
-def config_dir() -> Path:
-    "The package folder holding the shipped recipes (`paper.yaml`, `tiny.yaml`)."
-    return Path(importlib.util.find_spec('cadrecode_nb').origin).parent/'configs'
-
-def load_config(config:str='tiny', overrides:Sequence[str]|dict=()) -> TrainConfig:
-    "Load a shipped recipe by name ('paper', 'tiny') or a YAML path, then apply overrides."
-    path = Path(config)
-    if not path.suffix:
-        path = config_dir()/f'{config}.yaml'
-        if not path.exists():
-            names = sorted(p.stem for p in config_dir().glob('*.yaml'))
-            raise ConfigError(f"no shipped config named {config!r}; choose one of {names} or give a YAML path")
-    elif not path.exists(): raise ConfigError(f"config file {path} does not exist")
-    return apply_overrides(TrainConfig.from_yaml(path), overrides)
-
-# %% ../nbs/03_trainer.ipynb #73f28e96
-def detect_device(preference:str='auto', local_rank:int=0) -> torch.device:
-    "cuda -> mps -> cpu when `preference` is 'auto'; otherwise the named device, checked to exist."
-    if preference == 'auto':
-        if torch.cuda.is_available(): return torch.device('cuda', local_rank)
-        mps = getattr(torch.backends, 'mps', None)
-        return torch.device('mps' if mps is not None and mps.is_available() else 'cpu')
-    dev = torch.device(preference)
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available(): raise ConfigError(f"config key 'device' = {preference!r}: no CUDA device here")
-        if dev.index is None: dev = torch.device('cuda', local_rank)
-    if dev.type == 'mps' and not torch.backends.mps.is_available():
-        raise ConfigError(f"config key 'device' = {preference!r}: MPS is not available here")
-    return dev
+def _data_keys() -> list[str]:
+    from cadrecode_nb.dataset import DataConfig
+    return DataConfig.keys()
 
 # %% ../nbs/03_trainer.ipynb #4b52af9a
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
 def autocast_for(device:torch.device, dtype:str='fp32'):
     "Context manager running the forward pass in `dtype` ('fp32' = autocast off)."
-    return nullcontext() if dtype == 'fp32' else torch.autocast(device.type, dtype=DTYPES[dtype])
+    return nullcontext() if dtype == 'fp32' else torch.autocast(device.type, dtype=torch_dtype(dtype))
 
 def make_grad_scaler(device:torch.device, dtype:str='fp32') -> torch.amp.GradScaler:
     "A GradScaler that is enabled only for fp16 (a no-op otherwise)."
@@ -386,193 +262,6 @@ def setup_distributed() -> DistInfo:
 def cleanup_distributed():
     "Leave the process group if one was joined."
     if dist.is_initialized(): dist.destroy_process_group()
-
-# %% ../nbs/03_trainer.ipynb #568f4279
-class CheckpointError(RuntimeError):
-    "A checkpoint cannot be read or does not fit the run; the message names the file."
-
-CKPT_FORMAT = 'cadrecode_nb.trainer/1'
-
-def _fsync_dir(path:Path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass   # some file systems (and Windows) cannot fsync a directory
-
-def atomic_save(obj, path) -> Path:
-    "torch.save to a temp file in the same folder, flush + fsync, then os.replace onto `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.partial')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-def load_checkpoint(path, map_location='cpu') -> dict:
-    "Load a trainer checkpoint safely (weights_only); CheckpointError naming the file if it is unreadable."
-    path = Path(path)
-    try: state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {why})") from None
-    if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a {CKPT_FORMAT} checkpoint")
-    return state
-
-# %% ../nbs/03_trainer.ipynb #82fa6d6e
-def _step_files(ckpt_dir:Path) -> list[Path]:
-    "Step checkpoints, newest first."
-    return sorted(Path(ckpt_dir).glob('step_*.pt'), key=lambda p: p.name, reverse=True)
-
-def _link(src:Path, dst:Path):
-    tmp = dst.with_name(f'.{dst.name}.{os.getpid()}.partial')
-    if tmp.exists(): tmp.unlink()
-    try: os.link(src, tmp)
-    except OSError: shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-def save_checkpoint(state:dict, ckpt_dir, keep_last:int=2, best:bool=False) -> Path:
-    "Write `step_N.pt` atomically, point `last.pt` (and `best.pt`) at it, keep the newest `keep_last` step files."
-    ckpt_dir = Path(ckpt_dir); ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_dir.glob('.*.partial'): stale.unlink(missing_ok=True)
-    path = atomic_save(state, ckpt_dir/f"step_{state['step']:08d}.pt")
-    _link(path, ckpt_dir/'last.pt')
-    if best: _link(path, ckpt_dir/'best.pt')
-    for old in _step_files(ckpt_dir)[keep_last:]: old.unlink(missing_ok=True)
-    _fsync_dir(ckpt_dir)
-    return path
-
-# %% ../nbs/03_trainer.ipynb #9ac8a990
-def latest_checkpoint(ckpt_dir, report:Callable=print) -> tuple[dict, Path]|None:
-    "The newest loadable checkpoint in `ckpt_dir` as (state, path); corrupt ones are reported and skipped."
-    ckpt_dir = Path(ckpt_dir)
-    cands = [p for p in [ckpt_dir/'last.pt', *_step_files(ckpt_dir)] if p.exists()]
-    tried, errors = [], []
-    for p in cands:
-        if any(os.path.samefile(p, t) for t in tried): continue
-        tried.append(p)
-        try: state = load_checkpoint(p)
-        except CheckpointError as e:
-            errors.append(str(e)); report(f"warning: {e}; trying the previous checkpoint"); continue
-        return state, p
-    if errors: raise CheckpointError(f"no loadable checkpoint in {ckpt_dir}: " + '; '.join(errors))
-    return None
-
-# %% ../nbs/03_trainer.ipynb #8af8e8a4
-def rng_state() -> dict:
-    "Python, NumPy, torch (CPU) and CUDA generator states."
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    return dict(python=random.getstate(), numpy=[kind, key.tolist(), pos, has_gauss, gauss],
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-def set_rng_state(state:dict):
-    "Restore what `rng_state` returned (CUDA states only if this machine has as many devices)."
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state['python']))
-    kind, key, pos, has_gauss, gauss = state['numpy']
-    np.random.set_state((kind, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-# %% ../nbs/03_trainer.ipynb #1b73fc9d
-RESUME_KEYS = ('model', 'model_kw', 'tokenizer', 'max_code_tokens', 'noise_p', 'noise_std', 'steps', 'batch_size', 'lr',
-               'projector_lr', 'weight_decay', 'beta1', 'beta2', 'eps', 'warmup_steps', 'min_lr_ratio', 'grad_clip',
-               'dtype', 'ema_decay', 'seed')
-
-def check_resume_config(saved:dict, cfg:TrainConfig, path='checkpoint'):
-    "Raise CheckpointError naming every RESUME_KEYS entry whose value differs from the checkpoint's."
-    now = cfg.to_dict()
-    diff = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if saved.get(k) != now[k]}
-    if diff:
-        lines = ', '.join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise CheckpointError(f"{path} was trained with a different config ({lines}); use the checkpoint's values, "
-                              f"or a new out_dir, or resume='never' to start over")
-
-# %% ../nbs/03_trainer.ipynb #4861f582
-def export_model(model:torch.nn.Module, tokenizer, out_dir) -> Path:
-    "save_pretrained the model (weights only) and its tokenizer into `out_dir` (replaced as a whole)."
-    out_dir = Path(out_dir); tmp = out_dir.with_name(out_dir.name + '.partial')
-    if tmp.exists(): shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    if tokenizer is not None: tokenizer.save_pretrained(tmp)
-    if out_dir.exists(): shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
-
-# %% ../nbs/03_trainer.ipynb #848bd3ad
-class History:
-    "Append-only JSONL training record (rank 0 writes); `truncate(step)` drops entries after a checkpoint's step."
-    def __init__(self, path, enabled:bool=True, sinks:Sequence[Callable]=()):
-        self.path, self.enabled, self.records, self.sinks = Path(path), enabled, [], list(sinks)
-
-    def truncate(self, step:int):
-        "Keep only records with step <= `step` (rewritten atomically)."
-        self.records = [r for r in read_history(self.path) if r['step'] <= step] if self.path.exists() else []
-        if self.enabled:
-            tmp = self.path.with_name(self.path.name + '.partial')
-            with open(tmp, 'w') as f:
-                f.writelines(json.dumps(r) + '\n' for r in self.records); f.flush(); os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-
-    def append(self, record:dict):
-        "Record one event; written and flushed immediately."
-        self.records.append(record)
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, 'a') as f: f.write(json.dumps(record) + '\n'); f.flush()
-        for sink in self.sinks: sink(record)
-
-def read_history(path) -> list[dict]:
-    "All records of a history file (a torn last line from a kill is ignored)."
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: pass
-    return out
-
-# %% ../nbs/03_trainer.ipynb #1e5ef511
-def count_parameters(model:torch.nn.Module) -> int:
-    "Number of distinct parameters (tied weights counted once)."
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-def measure_matmul_flops(device:torch.device, dtype:str='fp32', n:int|None=None, reps:int=5) -> float:
-    "Measured FLOP/s of an n x n matmul in `dtype` on `device` (the MFU denominator when none is given)."
-    if device.type == 'cpu': dtype = 'fp32'                  # CPU peaks are quoted for fp32
-    n = n or (8192 if device.type == 'cuda' else 512)
-    g = torch.Generator(device).manual_seed(0)   # its own generator: the global ones drive dropout and come back on resume
-    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[dtype], generator=g) for _ in range(2))
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    a @ b; sync(); t = time.perf_counter()
-    for _ in range(reps): a @ b
-    sync()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
-
-def mfu(n_params:int, tokens_per_s:float, peak_flops:float) -> float:
-    "Model FLOPs utilisation: 6 * N * tokens/s over the peak."
-    return 6 * n_params * tokens_per_s / peak_flops
-
-def peak_memory_gb(device:torch.device) -> float:
-    "Peak memory of this process: CUDA allocator peak on GPU, max resident set size otherwise."
-    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**30 if sys.platform == 'darwin' else rss / 2**20
-
-# %% ../nbs/03_trainer.ipynb #d507cb73
-def plot_history(records:Sequence[dict], title:str=''):
-    "Loss (train and val) and learning rate against step."
-    tr = [r for r in records if r['kind'] == 'train']; va = [r for r in records if r['kind'] == 'val']
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3))
-    a1.plot([r['step'] for r in tr], [r['loss'] for r in tr], label='train', alpha=0.8)
-    if va: a1.plot([r['step'] for r in va], [r['val_loss'] for r in va], 'o-', label='val')
-    a1.set(xlabel='step', ylabel='loss (nats/token)', yscale='log', title=title or 'loss'); a1.legend()
-    a2.plot([r['step'] for r in tr], [r['lr'] for r in tr]); a2.set(xlabel='step', ylabel='lr', title='learning rate')
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/03_trainer.ipynb #760fbd3d
 def _is_oom(e:BaseException) -> bool:
@@ -803,7 +492,7 @@ def train(cfg:TrainConfig, *, model=None, tokenizer=None, train_ds=None, val_ds=
     "Train (or resume) the run described by `cfg`; one process or many under torchrun."
     # ---- setup -------------------------------------------------------------------------------------------------------
     dinfo = setup_distributed()
-    device = detect_device(cfg.device, dinfo.local_rank)
+    device = resolve_device(cfg.device, dinfo.local_rank)
     say = report if dinfo.is_main else (lambda *a, **k: None)
     enable_tf32(cfg.tf32)
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)   # same initial weights on every rank
@@ -958,44 +647,27 @@ class GreedyEvaluator:
         return {f'eval_{k}': s[k] for k in ('ir', 'mean_cd', 'median_cd', 'iou', 'n_valid')}
 
 # %% ../nbs/03_trainer.ipynb #c055e377
-def _pairs(tokens:Sequence[str]) -> list[str]:
-    "['--lr', '1e-4', '--compile', '--no-progress'] -> ['lr=1e-4', 'compile=true', 'progress=false']"
-    out, i = [], 0
-    while i < len(tokens):
-        t = tokens[i]
-        if not t.startswith('--'): raise ConfigError(f"unexpected argument {t!r}: use --key value or --set key=value")
-        k = t[2:].replace('-', '_')
-        if '=' in k: out.append(k); i += 1
-        elif i + 1 < len(tokens) and not tokens[i + 1].startswith('--'): out.append(f'{k}={tokens[i + 1]}'); i += 2
-        elif k.startswith('no_'): out.append(f'{k[3:]}=false'); i += 1
-        else: out.append(f'{k}=true'); i += 1
-    return out
+def parse_args(argv:Sequence[str]|None=None):
+    "(the TrainConfig the command line describes, the parsed arguments)"
+    p = config_parser(TrainConfig, 'cadrecode_train', 'Train CAD-Recode (one process, or several under torchrun).')
+    args = p.parse_args(argv)
+    return config_from_args(TrainConfig, args), args
 
-def parse_args(argv:Sequence[str]|None=None) -> tuple[TrainConfig, argparse.Namespace]:
-    "The config named by --config with --set and --key value overrides applied."
-    p = argparse.ArgumentParser(prog='cadrecode_train', description='Train CAD-Recode (one process or under torchrun).',
-                                epilog='Any config key can be given as --key value, e.g. --lr 1e-4 --steps 500.')
-    p.add_argument('--config', default='tiny', help="shipped recipe (paper, tiny) or a YAML path [tiny]")
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override a config key (repeatable)')
-    p.add_argument('--print-config', action='store_true', help='print the resolved config as YAML and exit')
-    args, rest = p.parse_known_args(argv)
-    return load_config(args.config, list(args.set) + _pairs(rest)), args
+def _train_command(argv:Sequence[str]):
+    cfg, args = parse_args(argv)
+    if args.print_config: print(cfg.to_yaml(), end=''); return
+    evaluator = None
+    if cfg.eval_every:
+        evaluator = GreedyEvaluator(cfg.data_dir, Path(cfg.out_dir)/'eval', n=cfg.eval_samples,
+                                    max_new_tokens=cfg.eval_max_new_tokens)
+    res = train(cfg, evaluator=evaluator)
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f"step {res.step}/{cfg.steps}; best {res.best}; checkpoint {res.checkpoint}; "
+              f"{res.nan_skipped} non-finite steps skipped")
 
 def main(argv:Sequence[str]|None=None):
     "Entry point of `cadrecode_train` / `python -m cadrecode_nb.trainer`."
-    try:
-        cfg, args = parse_args(argv)
-        if args.print_config: print(cfg.to_yaml(), end=''); return
-        evaluator = None
-        if cfg.eval_every:
-            evaluator = GreedyEvaluator(cfg.data_dir, Path(cfg.out_dir)/'eval', n=cfg.eval_samples,
-                                        max_new_tokens=cfg.eval_max_new_tokens)
-        res = train(cfg, evaluator=evaluator)
-        if int(os.environ.get('RANK', '0')) == 0:
-            print(f"step {res.step}/{cfg.steps}; best {res.best}; checkpoint {res.checkpoint}; "
-                  f"{res.nan_skipped} non-finite steps skipped")
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"cadrecode_train: error: {e}", file=sys.stderr); sys.exit(2)
+    try: return run_command('cadrecode_train', _train_command, argv)
     finally: cleanup_distributed()
 
 # %% ../nbs/03_trainer.ipynb #8542a660

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, pytest, torch, trimesh, yaml
 
 from cadrecode_nb.programs import random_programs, canonical_program
-from cadrecode_nb.core import START_TOKEN, END_TOKEN, N_POINTS
+from cadrecode_nb.core import START_TOKEN, END_TOKEN, N_POINTS, ConfigError
 from cadrecode_nb.programs import *
 from cadrecode_nb.points import *
 from cadrecode_nb.dataset import *
@@ -274,12 +274,13 @@ def test_config_mismatch_and_cli(reference, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"different config \(differs in \['n_points'\]\)"):
         write_dataset(d, 'tiny', progress=False, n_points=128, **SMALL)
     cfg = tmp_path / 'small.yaml'
-    cfg.write_text(yaml.safe_dump(dict(preset='tiny', **SMALL)))
+    cfg.write_text(DataConfig.load('tiny', SMALL).to_yaml())
     main(['--config', str(cfg), '--out', str(d), '--no-progress'])
     assert capsys.readouterr().out.strip() == f"{d}: {manifest_summary(m)}"
-    with pytest.raises(SystemExit): main(['--config', str(cfg), '--preset', 'small'])
     cfg.write_text('n_sampels: 3\n')
-    with pytest.raises(ValueError, match=r"small.yaml: unknown DataConfig key\(s\) \['n_sampels'\]"): DataConfig.from_yaml(cfg)
+    with pytest.raises(ConfigError, match=r"small.yaml: unknown key 'n_sampels' \(did you mean 'n_samples'\?\)"): DataConfig.from_yaml(cfg)
+    with pytest.raises(SystemExit) as e: main(['--config', str(cfg)])
+    assert e.value.code == 2 and "unknown key 'n_sampels'" in capsys.readouterr().err
 
 
 BOX = "import cadquery as cq\nr=cq.Workplane('XY').box({},{},{})\n"

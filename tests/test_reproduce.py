@@ -12,9 +12,9 @@ from cadrecode_nb.dataset import write_dataset
 from cadrecode_nb.reproduce import *
 
 MINI = ['name=mini', 'n_test=3', 'num_candidates=2', 'max_new_tokens=64', 'gen_batch_size=4', 'workers=2', 'n_gallery=1',
-        'torch_threads=1', 'train.steps=12', 'train.warmup_steps=2', 'train.val_every=0', 'train.save_every=4',
-        'train.model_kw={num_hidden_layers: 1, hidden_size: 64, intermediate_size: 128}', 'train.peak_flops=1e12',
-        'train.progress=false']
+        'torch_threads=1', 'train_kw.steps=12', 'train_kw.warmup_steps=2', 'train_kw.val_every=0', 'train_kw.save_every=4',
+        'train_kw.model_kw={num_hidden_layers: 1, hidden_size: 64, intermediate_size: 128}', 'train_kw.peak_flops=1e12',
+        'train_kw.progress=false']
 
 
 def sets(extra=()):
@@ -39,13 +39,13 @@ def run_dir(tmp_path_factory, data_dir):
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert 'stage generate:' in p.stdout and 'cadquery' not in p.stderr.lower(), p.stderr[-2000:]
-    preset = load_preset('tiny', [*MINI, f'data_dir={data_dir}'])
+    preset = ReproducePreset.load('tiny', [*MINI, f'data_dir={data_dir}'])
     run_reproduction(out, preset, stages='score,report', progress=False)   # the CPU half, on the same folder
     return out
 
 
 def preset_for(data_dir, extra=()):
-    return load_preset('tiny', [*MINI, f'data_dir={data_dir}', *extra])
+    return ReproducePreset.load('tiny', [*MINI, f'data_dir={data_dir}', *extra])
 
 
 def mtimes(folder):
@@ -98,7 +98,7 @@ def test_force_redoes_stage_and_later_ones(run_dir, data_dir, capsys):
 
 def test_interrupted_stage_is_redone(tmp_path, data_dir, capsys):
     out = tmp_path / 'run'
-    run = run_reproduction(out, preset_for(data_dir, ['train.stop_at=4']), stages='data,train', progress=False)
+    run = run_reproduction(out, preset_for(data_dir, ['train_kw.stop_at=4']), stages='data,train', progress=False)
     assert 'stage train: not finished' in capsys.readouterr().out
     assert run.is_done('data') and not run.is_done('train') and (out / 'train' / 'checkpoints' / 'last.pt').exists()
     run = run_reproduction(out, preset_for(data_dir), stages='data,train', progress=False)

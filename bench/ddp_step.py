@@ -21,10 +21,11 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step import free_cuda, idle_split, kit_setup, length_pool, random_batches, run_steps, sync   # noqa: E402
-from cadrecode_nb.trainer import DDP_BUCKET_MB, setup_distributed, train_step, wrap_ddp   # noqa: E402
+from cadrecode_nb.trainer import train_step   # noqa: E402
+from cadrecode_nb.speed import DDP_BUCKET_MB, setup_distributed, wrap_ddp   # noqa: E402
 
 VARIANTS = {   # (dynamo's DDPOptimizer splits the compiled layers?, comm hook: None = DDP divides each gradient itself)
-    'trainer': (False, default_hooks.allreduce_hook),      # cadrecode_nb.trainer.wrap_ddp
+    'trainer': (False, default_hooks.allreduce_hook),      # cadrecode_nb.speed.wrap_ddp, as the trainer wraps
     'ddp-optimizer': (True, default_hooks.allreduce_hook), # dynamo splits each compiled layer's graph at DDP's bucket boundaries
     'grad-division': (False, None),                        # DDP divides each of the ~340 gradients by the world size itself
     'session-3': (True, None),                             # both: what the trainer did before

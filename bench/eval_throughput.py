@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cadrecode_nb.eval import (perturb_program, score_generations, write_jsonl, normalize_target, sample_surface)
+from cadrecode_nb.eval import perturb_program, score_generations, write_jsonl
+from cadrecode_nb.metrics import normalize_target, sample_surface
 from cadrecode_nb.sandbox import RUNTIME_LAYERS, CadWorkerPool
 
 

@@ -11,7 +11,7 @@ set -euo pipefail
 data=${1:?dataset folder}; out=${2:?output folder}; n=${3:-2}; steps=${4:-40}; mode=${5:-strong}
 mkdir -p "$out"
 common=(--config paper --model qwen2-1.5b --tokenizer "$data/tokenizer" --data_dir "$data" --steps 100000
-        --stop_at "$steps" --val_every 0 --save_every 100000 --export false --log_every 1 --no-progress --resume never)
+        --stop_at "$steps" --val_every 0 --save_every 100000 --export none --log_every 1 --no-progress --resume never)
 for gpus in 1 "$n"; do
   rm -rf "$out/gpus$gpus"   # this script's own scratch run: the trainer refuses to start over a run's checkpoints
   if [ "$mode" = weak ]; then sizes=(--batch_size $(( 18 * gpus )) --micro_batch_size 18)
@@ -23,11 +23,10 @@ python - "$out" "$n" "$mode" <<'PY'
 import json, statistics, sys
 from pathlib import Path
 out, n, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-def rate(g):   # medians over the steps after the first 10 (compilation, warm-up), the last one left out: the trainer
-              # reads a run's last step at once, right after the one before, so its step_s is not a whole step's time
+def rate(g):   # medians over the steps after the first 10 (compilation, warm-up); each record's step_s is that step's
+              # own GPU time (CUDA events around its work), so the last step counts like the others
     rows = [json.loads(l) for l in (out/f'gpus{g}'/'history.jsonl').read_text().splitlines() if l.strip()]
-    rows = [r for r in rows if r.get('kind') == 'train']
-    rows = [r for r in rows if 10 < r['step'] < max(x['step'] for x in rows)]
+    rows = [r for r in rows if r.get('kind') == 'train' and r['step'] > 10]
     return statistics.median(r['tokens_per_s'] for r in rows), statistics.median(r['step_s'] for r in rows), max(r['peak_mem_gb'] for r in rows)
 (t1, s1, m1), (tn, sn, mn) = rate(1), rate(n)
 print(json.dumps(dict(mode=mode, gpus=n, tokens_per_s_1gpu=round(t1), s_per_step_1gpu=round(s1, 4), peak_gb_1gpu=round(m1, 1),

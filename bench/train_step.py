@@ -31,8 +31,9 @@ from cadrecode_nb.dataset import CADRecodeDataset, PointCodeCollator, load_token
 from cadrecode_nb import model as kit_model
 from cadrecode_nb.model import (CADRecode, PACKED_ATTENTION, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 use_attention)
-from cadrecode_nb.trainer import (TrainConfig, autocast_for, compile_layers, make_grad_scaler, make_optimizer, read_step,
-                                  train_step)
+from cadrecode_nb.trainer import read_step, train_step
+from cadrecode_nb.run_parts import TrainConfig, autocast_for, make_grad_scaler, make_optimizer
+from cadrecode_nb.speed import compile_layers
 from cadrecode_nb.checkpoints import count_parameters
 
 VARIANTS = {'kit': dict(pack=True, compile=True), 'kit-nocompile': dict(pack=True, compile=False),

@@ -4,19 +4,21 @@
 
 # %% ../nbs/03a_checkpoints.ipynb #5b2e8f61
 from __future__ import annotations
-import json, os, random, resource, shutil, sys, time
+import copy, errno, json, os, random, resource, shutil, sys, time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np, torch
 import matplotlib.pyplot as plt
 
-from .core import Config, KitError, atomic_writer, atomic_write, fsync_dir, replace_dir, torch_dtype
+from .core import (
+    Config, KitError, DiskFullError, atomic_writer, atomic_write, fsync_dir, replace_dir, torch_dtype)
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'RESUME_KEYS', 'CheckpointError', 'atomic_save', 'load_checkpoint', 'save_checkpoint',
-           'latest_checkpoint', 'rng_state', 'set_rng_state', 'check_resume_config', 'export_model', 'History',
-           'read_history', 'count_parameters', 'measure_matmul_flops', 'mfu', 'peak_memory_gb', 'plot_history']
+           'latest_checkpoint', 'rng_state', 'set_rng_state', 'check_resume_config', 'check_resume', 'checkpoint_mb',
+           'export_model', 'checkpoint_weights', 'History', 'read_history', 'make_trackers', 'count_parameters',
+           'measure_matmul_flops', 'mfu', 'peak_memory_gb', 'plot_history']
 
 # %% ../nbs/03a_checkpoints.ipynb #568f4279
 class CheckpointError(KitError, RuntimeError):
@@ -96,27 +98,64 @@ def set_rng_state(state:dict):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 # %% ../nbs/03a_checkpoints.ipynb #1b73fc9d
-RESUME_KEYS = ('model', 'model_kw', 'tokenizer', 'max_code_tokens', 'noise_p', 'noise_std', 'steps', 'batch_size', 'lr',
+RESUME_KEYS = ('model', 'model_kw', 'tokenizer', 'max_code_tokens', 'noise_p', 'noise_std', 'batch_size', 'lr',
                'projector_lr', 'weight_decay', 'beta1', 'beta2', 'eps', 'warmup_steps', 'min_lr_ratio', 'grad_clip',
                'dtype', 'ema_decay', 'seed')
 
+def _schedule_end(d:dict) -> int: return d.get('schedule_steps') or d['steps']   # older checkpoints: no schedule_steps
+
 def check_resume_config(saved:dict, cfg:Config, path='checkpoint'):
-    "Raise CheckpointError naming every RESUME_KEYS entry whose value differs from the checkpoint's."
+    "Raise CheckpointError naming every RESUME_KEYS entry, and the schedule's end, that differs from the checkpoint's."
     now = cfg.to_dict()
     diff = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if saved.get(k) != now[k]}
-    if diff:
-        lines = ', '.join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise CheckpointError(f"{path} was trained with a different config ({lines}); use the checkpoint's values, "
-                              f"or a new out_dir, or resume='never' to start over")
+    if _schedule_end(saved) != _schedule_end(now):
+        diff['schedule_steps' if now.get('schedule_steps') else 'steps'] = (_schedule_end(saved), _schedule_end(now))
+    if not diff: return
+    lines = ', '.join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+    longer = (f"; to train longer on the same schedule, set schedule_steps={_schedule_end(saved)} too"
+              if 'steps' in diff and now['steps'] > _schedule_end(saved) else '')
+    raise CheckpointError(f"{path} was trained with other values ({lines}): resume with the checkpoint's values{longer}, "
+                          f"or start a new run in another out_dir")
+
+def check_resume(state:dict, cfg:Config, dataset_size:int, path='checkpoint'):
+    "`check_resume_config`, and the dataset: the same number of training samples, or the data order would not continue."
+    check_resume_config(state['config'], cfg, path)
+    if state['data']['dataset_size'] != dataset_size:
+        raise CheckpointError(f"{path}: trained on {state['data']['dataset_size']} samples, the train split of "
+                              f"{getattr(cfg, 'data_dir', 'the data')} has {dataset_size}; resume on the same dataset")
+
+# %% ../nbs/03a_checkpoints.ipynb #3e8a9b10
+def checkpoint_mb(n_params:int, ema:bool=False) -> float:
+    "About how many MB one checkpoint of `n_params` float32 weights takes: weights, AdamW's two moments, the EMA's copy."
+    return n_params * 4 * (3 + bool(ema)) * 1.02 / 2**20   # +2 %: schedule, RNG states, history, config
 
 # %% ../nbs/03a_checkpoints.ipynb #4861f582
-def export_model(model:torch.nn.Module, tokenizer, out_dir) -> Path:
-    "save_pretrained the model (weights only) and its tokenizer into `out_dir` (replaced as a whole)."
+def _in_dtype(model, state_dict:dict, dtype:str) -> dict:
+    "`state_dict` with floating tensors in `dtype`, but those the model keeps in float32; tied tensors stay shared."
+    keep, done = tuple(getattr(model, '_keep_in_fp32_modules_strict', None) or ()), {}
+    def convert(k, v):
+        if not v.is_floating_point() or any(k.startswith(m + '.') or f'.{m}.' in k for m in keep): return v
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))   # tied weights: one copy
+        return done.setdefault(key, v.to(torch_dtype(dtype)))
+    return {k: convert(k, v) for k, v in state_dict.items()}
+
+def export_model(model:torch.nn.Module, tokenizer, out_dir, dtype:str='', max_shard_mb:int=0, state_dict:dict|None=None) -> Path:
+    "save_pretrained the model (or `state_dict`) in `dtype` ('' = as it is), in files of at most `max_shard_mb` MB, with its tokenizer, into `out_dir` (replaced as a whole)."
     out_dir = Path(out_dir); tmp = out_dir.with_name(out_dir.name + '.partial')
     if tmp.exists(): shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    sd = model.state_dict() if state_dict is None else state_dict
+    if dtype: sd = _in_dtype(model, sd, dtype)
+    model.save_pretrained(tmp, state_dict=sd, **({'max_shard_size': f'{max_shard_mb}MB'} if max_shard_mb else {}))
+    if dtype:   # the config records the saved format, so that from_pretrained loads it as such
+        config = copy.deepcopy(model.config); config.dtype = str(torch_dtype(dtype)).split('.')[1]
+        config.save_pretrained(tmp)
     if tokenizer is not None: tokenizer.save_pretrained(tmp)
     return replace_dir(tmp, out_dir)
+
+def checkpoint_weights(state:dict) -> dict:
+    "The model weights of a trainer checkpoint: the EMA's when it kept one (what validation measured), else the raw ones."
+    if state.get('ema'): return {k[len('module.'):]: v for k, v in state['ema'].items() if k.startswith('module.')}
+    return state['model']
 
 # %% ../nbs/03a_checkpoints.ipynb #848bd3ad
 class History:
@@ -134,7 +173,12 @@ class History:
         self.records.append(record)
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, 'a') as f: f.write(json.dumps(record) + '\n'); f.flush()
+            try:
+                with open(self.path, 'a') as f: f.write(json.dumps(record) + '\n'); f.flush()
+            except OSError as e:
+                if e.errno != errno.ENOSPC: raise
+                raise DiskFullError(f"no space left on device while appending to {self.path}; free some space and run "
+                                    f"again: the run resumes from its last checkpoint") from None
         for sink in self.sinks: sink(record)
 
 def read_history(path) -> list[dict]:
@@ -144,6 +188,29 @@ def read_history(path) -> list[dict]:
         try: out.append(json.loads(line))
         except json.JSONDecodeError: pass
     return out
+
+# %% ../nbs/03a_checkpoints.ipynb #1bf2de66
+def make_trackers(cfg:Config, out_dir:Path, report:Callable=print) -> list[Callable[[dict], None]]:
+    "Callables that forward history records to TensorBoard / wandb when enabled and installed."
+    sinks = []
+    def scalars(r): return {f"{r['kind']}/{k}": v for k, v in r.items()
+                            if k not in ('step', 'kind') and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if cfg.tensorboard:
+        try: from torch.utils.tensorboard import SummaryWriter
+        except ImportError: report("warning: tensorboard=true but tensorboard is not installed; not logging there")
+        else:
+            tb = SummaryWriter(str(out_dir/'tensorboard'))
+            def to_tb(r):
+                for k, v in scalars(r).items(): tb.add_scalar(k, v, r['step'])
+                tb.flush()
+            sinks.append(to_tb)
+    if cfg.wandb:
+        try: import wandb
+        except ImportError: report("warning: wandb=true but wandb is not installed; not logging there")
+        else:
+            run = wandb.init(project='cadrecode_nb', config=cfg.to_dict(), dir=str(out_dir))
+            sinks.append(lambda r: run.log(scalars(r), step=r['step']))
+    return sinks
 
 # %% ../nbs/03a_checkpoints.ipynb #1e5ef511
 def count_parameters(model:torch.nn.Module) -> int:

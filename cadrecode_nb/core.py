@@ -16,7 +16,8 @@ from fastcore.docments import docments
 __all__ = ['START_TOKEN', 'END_TOKEN', 'IM_END_TOKEN', 'SPECIAL_TOKENS', 'N_POINTS', 'DTYPE_NAMES', 'EXPECTED_ERRORS',
            'stable_hash64', 'KitError', 'ConfigError', 'DiskFullError', 'fsync_dir', 'atomic_writer', 'atomic_write',
            'replace_dir', 'check_writable', 'dtype_name', 'torch_dtype', 'resolve_device', 'did_you_mean', 'coerce',
-           'config_dir', 'Config', 'config_parser', 'config_from_args', 'error_message', 'run_command']
+           'config_dir', 'Config', 'add_config_args', 'config_parser', 'config_from_args', 'parse_command_line',
+           'error_message', 'run_command']
 
 # %% ../nbs/00_core.ipynb #78c740eb
 START_TOKEN = '<|im_start|>'    # precedes the code
@@ -312,6 +313,20 @@ def _field_help(cls) -> dict[str, str]:
     except Exception: docs = {}
     return {k: v or '' for k, v in docs.items()}
 
+def add_config_args(parser, cls, skip: Sequence[str] = ()):
+    "Add one `--KEY` option per field of config class `cls` (but `skip`) to `parser`, a parser or an argument group."
+    helps, defaults, hints = _field_help(cls), cls(), get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip: continue
+        names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])  # --data_dir and --data-dir
+        is_bool = _unwrap_optional(hints[f.name])[0] is bool   # a bare --flag means true; other keys need a value
+        parser.add_argument(*names, dest=f"cfg_{f.name}", metavar='VALUE', **(dict(nargs='?', const='true') if is_bool else {}),
+                            help=f"{helps.get(f.name, '')} (default: {getattr(defaults, f.name)!r})".strip())
+        if is_bool:
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", action='store_const',
+                                const='false', help=argparse.SUPPRESS)
+    return parser
+
 def config_parser(cls, prog: str, description: str, preset: str | None = 'tiny', epilog: str = '') -> argparse.ArgumentParser:
     "An argparse parser whose options are the fields of config class `cls` (help: each field's comment and default)."
     shipped = cls.presets() if preset is not None else []
@@ -324,15 +339,7 @@ def config_parser(cls, prog: str, description: str, preset: str | None = 'tiny',
                    help="override any key, also one key of a mapping: --set model_kw.hidden_size=192 (repeatable)")
     p.add_argument('--print-config', action='store_true', help='print the resolved configuration as YAML and exit')
     p.add_argument('--debug', action='store_true', help='show the full traceback of an error')
-    group, helps, defaults = p.add_argument_group(f'{cls.__name__} keys'), _field_help(cls), cls()
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])  # --data_dir and --data-dir
-        group.add_argument(*names, dest=f"cfg_{f.name}", metavar='VALUE', nargs='?', const='true',
-                           help=f"{helps.get(f.name, '')} (default: {getattr(defaults, f.name)!r})".strip())
-        if _unwrap_optional(hints[f.name])[0] is bool:
-            group.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", action='store_const',
-                               const='false', help=argparse.SUPPRESS)
+    add_config_args(p.add_argument_group(f'{cls.__name__} keys'), cls)
     return p
 
 def config_from_args(cls, args: argparse.Namespace):
@@ -340,6 +347,19 @@ def config_from_args(cls, args: argparse.Namespace):
     overrides = [f"{k[4:]}={v}" for k, v in vars(args).items() if k.startswith('cfg_') and v is not None]
     base = cls.load(args.config) if getattr(args, 'config', None) is not None else cls()
     return base.with_overrides(overrides + list(args.set))
+
+# %% ../nbs/00_core.ipynb #65a5550d
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str], argument_hint: str = '') -> argparse.Namespace:
+    "Parse `argv`; a wrong or unknown option is a ConfigError in one line naming it, with the closest option."
+    subs = [p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+    def fail(message): raise ConfigError(f"{message}; `{parser.prog} --help` lists the options")
+    for p in [parser, *subs]: p.error = fail   # argparse would print its usage first, then exit
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        word = unknown[0].split('=')[0]
+        if not word.startswith('-'): fail(f"unknown argument {word!r}{argument_hint}")
+        fail(f"unknown option {word!r}{did_you_mean(word, [o for p in [parser, *subs] for o in p._option_string_actions])}")
+    return args
 
 # %% ../nbs/00_core.ipynb #d9231c41
 EXPECTED_ERRORS = (KitError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

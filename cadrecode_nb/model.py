@@ -9,17 +9,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM, StaticCache
+from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM, Qwen2Model, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from .projector import FourierPointEncoder
 from .core import START_TOKEN, END_TOKEN
 
+# transformers 5.2x renamed the KV-cache argument and output field from `past_key_values` to `cache`; the GPU machine's
+# 5.17 has only the old name. The kit passes whichever this transformers has (the old one warns in 5.2x).
+CACHE_ARG = 'cache' if 'cache' in inspect.signature(Qwen2Model.forward).parameters else 'past_key_values'
+
 # %% auto #0
-__all__ = ['PACKED_ATTENTION', 'tiny_config', 'qwen2_1_5b_config', 'CADRecode', 'LinearCrossEntropy', 'linear_cross_entropy',
-           'to_device', 'packed_attention', 'use_attention', 'check_packed_inputs', 'prompt_embeds',
-           'generate_token_ids', 'generate_greedy_uncached', 'greedy_decode_static', 'decode_programs',
+__all__ = ['CACHE_ARG', 'PACKED_ATTENTION', 'tiny_config', 'qwen2_1_5b_config', 'CADRecode', 'LinearCrossEntropy',
+           'linear_cross_entropy', 'to_device', 'packed_attention', 'use_attention', 'check_packed_inputs',
+           'prompt_embeds', 'generate_token_ids', 'generate_greedy_uncached', 'greedy_decode_static', 'decode_programs',
            'generate_programs']
 
 # %% ../nbs/02_model.ipynb #a384a55f
@@ -45,7 +49,8 @@ class CADRecode(Qwen2ForCausalLM):
     "Qwen2 causal LM whose first `points.shape[1]` positions are point embeddings from a `FourierPointEncoder`."
     _keep_in_fp32_modules_strict = ['point_encoder']
     _keys_to_ignore_on_load_unexpected = [r'point_encoder\.frequencies']
-    loss_chunk_size = 2048   # rows of full-vocabulary logits computed at once in the loss
+    fused_loss = True        # the loss of `label_loss` (no full logits); False: transformers' loss over full logits
+    loss_chunk_size = 2048   # rows of full-vocabulary logits computed at once in the fused loss
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
@@ -89,6 +94,55 @@ def embed_inputs(self: CADRecode,
     slots = (point_starts.to(inputs_embeds.device)[:, None] + torch.arange(n, device=inputs_embeds.device)).flatten()
     return inputs_embeds.index_put((torch.zeros_like(slots), slots), point_embeds.flatten(0, 1))
 
+# %% ../nbs/02_model.ipynb #2798233b
+@patch
+def _loss_and_logits(self: CADRecode, hidden, labels, logits_to_keep, return_logits: bool, num_items_in_batch):
+    "The loss (the fused one, or transformers' over full logits) and the logits that were asked for"
+    fused = labels is not None and self.fused_loss
+    logits = None
+    if not fused or return_logits:
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep])
+    if labels is None: return None, logits
+    if fused: return self.label_loss(hidden, labels, num_items_in_batch), logits
+    return self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch), logits
+
+# %% ../nbs/02_model.ipynb #503e1bb3
+@patch
+def forward(self: CADRecode,
+            input_ids: torch.LongTensor | None = None,        # (B, L); point slots hold pad ids
+            attention_mask: torch.Tensor | None = None,       # (B, L) 1 on points, START, code and END
+            points: torch.Tensor | None = None,               # (B, N, 3) normalised point cloud
+            labels: torch.LongTensor | None = None,           # (B, L) -100 except code and END tokens
+            cache=None,                                       # KV cache (generation)
+            inputs_embeds: torch.Tensor | None = None,        # (B, L, H) instead of `input_ids`
+            position_ids: torch.LongTensor | None = None,
+            use_cache: bool | None = None,
+            logits_to_keep: int | torch.Tensor = 0,           # last positions to compute logits for (0 = all)
+            return_logits: bool = False,                      # also compute logits when `labels` are given
+            num_items_in_batch: int | torch.Tensor | None = None,  # loss denominator for gradient accumulation
+            cu_seq_lens: torch.Tensor | None = None,          # packed batch: (B+1,) sample boundaries in the one row
+            max_length: int | None = None,                    # packed batch: the longest sample
+            past_key_values=None,                             # `cache`, as transformers 5.17's generate calls it
+            **kwargs) -> CausalLMOutputWithPast:
+    "Embed tokens and points, run Qwen2, and return the code-token loss and/or the logits."
+    cache = cache if cache is not None else past_key_values
+    point_starts = None
+    if cu_seq_lens is not None:
+        check_packed_inputs(self, cu_seq_lens, max_length, attention_mask, cache, position_ids)
+        point_starts = cu_seq_lens[:-1]   # checked where it lives (the trainer keeps it on the CPU: no GPU wait)
+        cu_seq_lens = to_device(cu_seq_lens, position_ids.device)
+        kwargs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length)
+        attention_mask = dict(full_attention=None, sliding_attention=None)   # the attention reads cu_seq_lens instead
+    if labels is not None and use_cache is None: use_cache = False   # training: no KV cache
+    first_pass = points is not None and (cache is None or cache.get_seq_length() == 0)
+    inputs_embeds = self.embed_inputs(input_ids, points if first_pass else None, inputs_embeds, point_starts)
+    out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=use_cache, **{CACHE_ARG: cache}, **kwargs)
+    loss, logits = self._loss_and_logits(out.last_hidden_state, labels, logits_to_keep, return_logits, num_items_in_batch)
+    return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions,
+                                  **{CACHE_ARG: getattr(out, CACHE_ARG)})
+
 # %% ../nbs/02_model.ipynb #5cced6bd
 def _nll_and_logit_grad(z: torch.Tensor, t: torch.LongTensor, grad_dtype: torch.dtype):
     "Summed NLL of a chunk of logits and its gradient d NLL / d z = softmax(z) - onehot(t), in float32 math; rows whose target is -100 count nothing."
@@ -108,6 +162,7 @@ def _add_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
         torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)   # no low-precision product, no separate add
     else: acc += (a @ b).float()
 
+# %% ../nbs/02_model.ipynb #5cced6b1
 class LinearCrossEntropy(torch.autograd.Function):
     "Summed cross-entropy of `hidden @ weight.T` against `targets`, chunk by chunk, with its gradients made in the forward."
     @staticmethod
@@ -131,6 +186,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (grad_hidden * grad_total, None if grad_weight is None else grad_weight * grad_total, None, None, None)
 
+# %% ../nbs/02_model.ipynb #5cced6b2
 def linear_cross_entropy(hidden: torch.Tensor,      # (N, H) rows that predict something
                          weight: torch.Tensor,      # (V, H) the LM head's weight
                          targets: torch.LongTensor, # (N,) token ids
@@ -174,45 +230,6 @@ def label_loss(self: CADRecode,
     total = linear_cross_entropy(rows, self.lm_head.weight, targets, self.loss_chunk_size)
     denom = len(targets) if num_items_in_batch is None else num_items_in_batch
     return total / max(denom, 1)
-
-# %% ../nbs/02_model.ipynb #503e1bb3
-@patch
-def forward(self: CADRecode,
-            input_ids: torch.LongTensor | None = None,        # (B, L); point slots hold pad ids
-            attention_mask: torch.Tensor | None = None,       # (B, L) 1 on points, START, code and END
-            points: torch.Tensor | None = None,               # (B, N, 3) normalised point cloud
-            labels: torch.LongTensor | None = None,           # (B, L) -100 except code and END tokens
-            past_key_values=None,                             # KV cache (generation)
-            inputs_embeds: torch.Tensor | None = None,        # (B, L, H) instead of `input_ids`
-            position_ids: torch.LongTensor | None = None,
-            use_cache: bool | None = None,
-            logits_to_keep: int | torch.Tensor = 0,           # last positions to compute logits for (0 = all)
-            return_logits: bool = False,                      # also compute logits when `labels` are given
-            num_items_in_batch: int | torch.Tensor | None = None,  # loss denominator for gradient accumulation
-            cu_seq_lens: torch.Tensor | None = None,          # packed batch: (B+1,) sample boundaries in the one row
-            max_length: int | None = None,                    # packed batch: the longest sample
-            **kwargs) -> CausalLMOutputWithPast:
-    "Embed tokens and points, run Qwen2, and return the code-token loss and/or the logits."
-    point_starts = None
-    if cu_seq_lens is not None:
-        check_packed_inputs(self, cu_seq_lens, max_length, attention_mask, past_key_values, position_ids)
-        point_starts = cu_seq_lens[:-1]   # checked where it lives (the trainer keeps it on the CPU: no GPU wait)
-        cu_seq_lens = to_device(cu_seq_lens, position_ids.device)
-        kwargs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length)
-        attention_mask = dict(full_attention=None, sliding_attention=None)   # the attention reads cu_seq_lens instead
-    if labels is not None and use_cache is None: use_cache = False   # training: no KV cache
-    first_pass = points is not None and (past_key_values is None or past_key_values.get_seq_length() == 0)
-    inputs_embeds = self.embed_inputs(input_ids, points if first_pass else None, inputs_embeds, point_starts)
-    out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                     past_key_values=past_key_values, use_cache=use_cache, **kwargs)
-    hidden = out.last_hidden_state
-    loss = None if labels is None else self.label_loss(hidden, labels, num_items_in_batch)
-    logits = None
-    if labels is None or return_logits:
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep])
-    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                  hidden_states=out.hidden_states, attentions=out.attentions)
 
 # %% ../nbs/02_model.ipynb #785dee79
 PACKED_ATTENTION = 'cadrecode_varlen'   # the attention implementation that understands packed batches
@@ -270,6 +287,7 @@ def packed_attention(module: nn.Module, query, key, value,   # (1, H, T, D) proj
         out = fn(q, k, v, cu, cu, m, m, scale=scaling, **causal)
     return out[None], None   # (1, T, H, D), no attention weights
 
+# %% ../nbs/02_model.ipynb #40a36311
 AttentionInterface.register(PACKED_ATTENTION, packed_attention)
 AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)   # padded batches get SDPA's usual mask
 
@@ -281,13 +299,13 @@ def use_attention(model: nn.Module, name: str = PACKED_ATTENTION) -> nn.Module:
     model.config._attn_implementation = name
     return model
 
-def check_packed_inputs(model, cu_seq_lens, max_length, attention_mask, past_key_values, position_ids):
+def check_packed_inputs(model, cu_seq_lens, max_length, attention_mask, cache, position_ids):
     "Clear errors for a packed batch the model cannot take as such."
     impl = model.config._attn_implementation
     if impl != PACKED_ATTENTION:
         raise ValueError(f"a packed batch (cu_seq_lens) needs attn_implementation={PACKED_ATTENTION!r}, the model uses "
                          f"{impl!r}: call use_attention(model) first")
-    if attention_mask is not None or past_key_values is not None or position_ids is None or max_length is None:
+    if attention_mask is not None or cache is not None or position_ids is None or max_length is None:
         raise ValueError("a packed batch takes position_ids and max_length, and no attention_mask or KV cache")
 
 # %% ../nbs/02_model.ipynb #11990902
@@ -350,7 +368,7 @@ def _pick_greedy(logits, done, allow_end, end_id: int, pad_id: int):
 
 def _greedy_step(model, cache, tokens, done, allow_end, end_id: int, pad_id: int):
     "One decoding step: the newest token of each row through the model (writing its keys and values), then the pick."
-    logits = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    logits = model(input_ids=tokens[:, None], cache=cache, use_cache=True, logits_to_keep=1).logits
     return _pick_greedy(logits, done, allow_end, end_id, pad_id)
 
 # fused by inductor and replayed as a CUDA graph; compiled on first use, once per batch size and cache length
@@ -393,7 +411,7 @@ def greedy_decode_static(model: CADRecode,
     out = torch.full((len(points), max_new_tokens), pad_id, dtype=torch.long, device=dev)
     done = torch.zeros(len(points), dtype=torch.bool, device=dev)
     allow = {flag: torch.tensor(flag, device=dev) for flag in (False, True)}   # made once: no host copy per step
-    logits = model(inputs_embeds=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    logits = model(inputs_embeds=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits
     nxt, done = _pick_greedy(logits, done, allow[min_new_tokens <= 0], end_id, pad_id)
     out[:, 0] = nxt
     step = _graphed_greedy_step if graphed else _greedy_step

@@ -8,26 +8,29 @@ import argparse, json, os, platform, shlex, shutil, time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np, torch
-import matplotlib.pyplot as plt
+from fastcore.basics import patch
 
-from .core import (Config, KitError, atomic_write, replace_dir, dtype_name, torch_dtype,
-                               resolve_device, run_command)
+from .core import (Config, ConfigError, KitError, atomic_write, replace_dir, dtype_name, config_dir,
+                               config_parser, config_from_args, check_writable, parse_command_line, resolve_device,
+                               run_command)
 from .dataset import DataConfig, write_dataset, read_manifest, manifest_summary, load_tokenizer
-from .model import CADRecode
 from .trainer import TrainConfig, train
 from .checkpoints import read_history, plot_history, count_parameters
-from .eval import (NORMALIZATIONS, PUBLISHED, ScoreReport, load_eval_inputs, generate_step,
-                               score_generations, summarize, summary_table, read_jsonl, write_jsonl, save_plots,
-                               plot_cd_histogram, plot_gallery, normalize_prediction, normalize_target)
+from .metrics import (NORMALIZATIONS, PUBLISHED, summarize, summary_table, normalize_prediction, normalize_target,
+                                  plot_cd_histogram, plot_gallery)
+from .eval import (ScoreReport, load_eval_inputs, load_model, generate_step, score_generations, read_jsonl,
+                               write_jsonl, write_score, save_figure)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_FUNCTIONS', 'ReproducePreset', 'machine_info', 'ReproduceRun', 'StageIncomplete', 'busy_cores',
-           'choose_threads', 'stage_data', 'train_config_for', 'export_sharded', 'stage_train', 'first_candidates',
-           'stage_generate', 'first_candidate_records', 'stage_score', 'results_markdown', 'failure_breakdown',
-           'gallery_items', 'write_report', 'stage_report', 'parse_stages', 'run_reproduction', 'parse_args', 'main']
+__all__ = ['STAGES', 'STAGE_FUNCTIONS', 'ReproducePreset', 'machine_info', 'ReproduceRun', 'StageIncomplete', 'run_stage',
+           'busy_cores', 'choose_threads', 'stage_data', 'train_config_for', 'model_files', 'stage_train',
+           'first_candidates', 'stage_generate', 'first_candidate_records', 'stage_score', 'results_markdown',
+           'failure_breakdown', 'gallery_items', 'stage_rows', 'failure_lines', 'template_dir', 'render_template',
+           'read_scores', 'report_figures', 'report_context', 'write_report', 'stage_report', 'parse_stages',
+           'run_reproduction', 'reproduce_parser', 'main']
 
 # %% ../nbs/05_reproduce.ipynb #9b617cdb
 STAGES = ('data', 'train', 'generate', 'score', 'report')
@@ -35,49 +38,45 @@ STAGES = ('data', 'train', 'generate', 'score', 'report')
 @dataclass
 class ReproducePreset(Config):
     "What one reproduction run does at each stage: data, training, generation and scoring settings."
-    name: str = 'custom'
-    description: str = ''
-    # data
-    data_preset: str = 'tiny'        # DataConfig preset the data stage builds into <out>/data
-    data_kw: dict = field(default_factory=dict)   # DataConfig overrides, e.g. {n_samples: 1500}
-    data_dir: str = ''               # use this finished dataset instead of building one ('' = build)
-    # train
-    train_config: str = 'cpu'        # TrainConfig recipe: a shipped name (TrainConfig.load) or a YAML path
-    train_kw: dict = field(default_factory=dict)  # TrainConfig overrides
-    max_shard_mb: int = 15           # the exported model is written in files of at most this many MB
-    export_dtype: str = ''           # '' = as trained; 'bf16' halves what travels back from a GPU machine
-    # generate
-    n_test: int = 40                 # first n items of the test split (0 = all)
-    num_candidates: int = 10         # candidate 0 greedy, the others sampled
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 768
-    gen_batch_size: int = 16
-    gen_device: str = 'auto'         # auto (cuda if present), cpu, cuda, cuda:N
-    gen_dtype: str = 'fp32'          # fp32, bf16 (GPU) or fp16
-    gen_seed: int = 0                # torch seed of the sampled candidates
-    # score
-    normalization: str = 'bbox'      # 'bbox' (cadrille's script) or 'demo' (see 04_eval)
-    timeout: float = 3.0             # seconds per program in the sandbox (reference protocol)
-    workers: int | None = None       # sandbox worker processes (None = all cores)
-    n_gallery: int = 4               # successes and failures each drawn in the report
-    torch_threads: int | None = None # torch CPU threads for train/generate (None = from the load average, see below)
+    name: str = 'custom'             # the preset's name, in the report and the default run folder
+    description: str = ''            # one line for the report
+    data_preset: str = 'tiny'        # data: the DataConfig preset the data stage builds into <out>/data
+    data_kw: dict = field(default_factory=dict)   # data: DataConfig overrides, e.g. {n_samples: 1500}
+    data_dir: str = ''               # data: use this finished dataset instead of building one ('' = build)
+    train_config: str = 'cpu'        # train: the TrainConfig recipe, a shipped name or a YAML path
+    train_kw: dict = field(default_factory=dict)  # train: TrainConfig overrides, e.g. {steps: 500, export_dtype: bf16}
+    n_test: int = 40                 # generate: the first n parts of the test split (0 = all)
+    num_candidates: int = 10         # generate: programs per part, candidate 0 greedy, the others sampled
+    temperature: float = 1.0         # generate: sampling temperature of candidates 1..k-1
+    top_p: float = 1.0               # generate: nucleus sampling of candidates 1..k-1
+    max_new_tokens: int = 768        # generate: the longest program, in tokens
+    gen_batch_size: int = 16         # generate: point clouds per generate call (one step of the progress bar)
+    gen_device: str = 'auto'         # generate: auto (cuda if present), cpu, cuda, cuda:N
+    gen_dtype: str = 'fp32'          # generate: fp32, bf16 (GPU) or fp16
+    gen_seed: int = 0                # generate: torch seed of the sampled candidates
+    normalization: str = 'bbox'      # score: 'bbox' (cadrille's script) or 'demo' (see 04a_metrics)
+    timeout: float = 3.0             # score: seconds per program in the sandbox (reference protocol)
+    workers: int | None = None       # score: sandbox worker processes (None = all cores)
+    n_gallery: int = 4               # report: successes and failures each drawn
+    torch_threads: int | None = None # train/generate: torch CPU threads (None = as many as cores are idle)
 
     nested_keys = {'data_kw': lambda: DataConfig.keys(), 'train_kw': lambda: TrainConfig.keys()}
     preset_file = 'reproduce_{}.yaml'
 
-    def validate(self):
-        need = self.need
-        need(self.n_test >= 0, 'n_test', 'must be >= 0 (0 = the whole test split)')
-        need(self.num_candidates >= 1, 'num_candidates', 'must be >= 1')
-        for k in ('max_new_tokens', 'gen_batch_size', 'max_shard_mb'): need(getattr(self, k) > 0, k, 'must be > 0')
-        self.gen_dtype = dtype_name(self.gen_dtype)  # one vocabulary: 'bfloat16' and 'bf16' both become 'bf16'
-        if self.export_dtype: self.export_dtype = dtype_name(self.export_dtype)
-        need(self.normalization in NORMALIZATIONS, 'normalization', f'must be one of {NORMALIZATIONS}')
-        need(self.timeout > 0, 'timeout', 'must be > 0')
-        need(0 < self.top_p <= 1, 'top_p', 'must be in (0, 1]')
-        need(self.temperature > 0, 'temperature', 'must be > 0')
-        need(self.torch_threads is None or self.torch_threads > 0, 'torch_threads', 'must be > 0 or None')
+# %% ../nbs/05_reproduce.ipynb #9b617cdc
+@patch
+def validate(self:ReproducePreset):
+    "Ranges and choices of the preset's keys; `train_kw` and `data_kw` are checked against their configs"
+    need = self.need
+    need(self.n_test >= 0, 'n_test', 'must be >= 0 (0 = the whole test split)')
+    need(self.num_candidates >= 1, 'num_candidates', 'must be >= 1')
+    for k in ('max_new_tokens', 'gen_batch_size'): need(getattr(self, k) > 0, k, 'must be > 0')
+    self.gen_dtype = dtype_name(self.gen_dtype)  # one vocabulary: 'bfloat16' and 'bf16' both become 'bf16'
+    need(self.normalization in NORMALIZATIONS, 'normalization', f'must be one of {NORMALIZATIONS}')
+    need(self.timeout > 0, 'timeout', 'must be > 0')
+    need(0 < self.top_p <= 1, 'top_p', 'must be in (0, 1]')
+    need(self.temperature > 0, 'temperature', 'must be > 0')
+    need(self.torch_threads is None or self.torch_threads > 0, 'torch_threads', 'must be > 0 or None')
 
 # %% ../nbs/05_reproduce.ipynb #2fdc566e
 def machine_info() -> dict:
@@ -93,25 +92,15 @@ def machine_info() -> dict:
 class ReproduceRun:
     "The folder of one reproduction run: where each stage writes, and its done markers."
     def __init__(self, out:str|Path, preset:ReproducePreset):
-        self.out, self.preset = Path(out), preset
+        self.out, self.preset, self.k = Path(out), preset, preset.num_candidates
         if self.out.exists() and not self.out.is_dir(): raise KitError(f"output {self.out} exists and is not a folder")
+        self.data_dir = Path(preset.data_dir) if preset.data_dir else self.out/'data'
+        self.train_dir, self.gen_dir, self.score_dir, self.report_dir = (self.out/d for d in ('train', 'generate', 'score', 'report'))
+        self.model_dir = self.train_dir/'model'   # the trainer's export, in the form that travels
+        if not self.model_dir.exists() and (self.out/'model'/'config.json').exists():
+            self.model_dir = self.out/'model'     # a run made before the trainer wrote that form itself
 
-    @property
-    def data_dir(self) -> Path: return Path(self.preset.data_dir) if self.preset.data_dir else self.out/'data'
-    @property
-    def train_dir(self) -> Path: return self.out/'train'
-    @property
-    def model_dir(self) -> Path: return self.out/'model'
-    @property
-    def gen_dir(self) -> Path: return self.out/'generate'
-    @property
-    def score_dir(self) -> Path: return self.out/'score'
-    @property
-    def report_dir(self) -> Path: return self.out/'report'
-    @property
-    def k(self) -> int: return self.preset.num_candidates
     def candidates_name(self) -> str: return 'greedy' if self.k == 1 else f'k{self.k}'
-
     def marker(self, stage:str) -> Path: return self.out/'stages'/f'{stage}.json'
     def is_done(self, stage:str) -> bool: return self.marker(stage).exists()
     def record(self, stage:str) -> dict|None:
@@ -135,18 +124,29 @@ class ReproduceRun:
 class StageIncomplete(RuntimeError):
     "A stage stopped before its end on purpose (e.g. the trainer's `stop_at`); it has no marker and resumes."
 
-def _need(path:Path, stage:str, made_by:str, run:ReproduceRun):
+def _need(path:Path, stage:str, made_by:str):
     if not Path(path).exists():
-        raise FileNotFoundError(f"stage {stage!r} needs {path}, which the {made_by!r} stage writes; run it first "
-                                f"(--stages {made_by}) or point --out at the run that has it")
+        raise KitError(f"stage {stage!r} needs {path}, which the {made_by!r} stage writes; run it first "
+                       f"(--stages {made_by}) or point --out at the run that has it")
 
 def _dataset_ready(root:Path, stage:str):
     "A clear error when `root` holds no finished dataset."
-    if not root.is_dir(): raise FileNotFoundError(f"stage {stage!r}: data dir {root} does not exist or is not a folder")
+    if not root.is_dir(): raise KitError(f"stage {stage!r}: data dir {root} does not exist or is not a folder")
     if not (root/'manifest.json').exists():
         hint = 'unfinished (shards without manifest.json)' if any(root.glob('shard_*.npz')) else 'not a dataset (no manifest.json)'
-        raise FileNotFoundError(f"stage {stage!r}: data dir {root} is {hint}; build or resume it with "
-                                f"`cadrecode_data --preset <preset> --out {root}`")
+        raise KitError(f"stage {stage!r}: data dir {root} is {hint}; build or resume it with "
+                       f"`cadrecode_data --preset <preset> --out {root}`")
+
+def run_stage(run:ReproduceRun, stage:str, fn:Callable, progress:bool=True) -> dict|None:
+    "Run `fn(run, progress)` unless `stage` is done, and write its marker; None when it stopped early (StageIncomplete)"
+    if run.is_done(stage): print(f"stage {stage}: done, skipped"); return run.record(stage)
+    print(f"stage {stage}: running")
+    t0 = time.time()
+    try: info = fn(run, progress)
+    except StageIncomplete as e: print(f"stage {stage}: not finished after {time.time() - t0:.1f} s: {e}"); return None
+    rec = run.mark_done(stage, time.time() - t0, info)
+    print(f"stage {stage}: {rec['seconds']:.1f} s")
+    return rec
 
 # %% ../nbs/05_reproduce.ipynb #51f17532
 def busy_cores(interval:float=0.5) -> float|None:
@@ -183,78 +183,75 @@ def stage_data(run:ReproduceRun, progress:bool=True) -> dict:
     else: manifest = write_dataset(run.data_dir, DataConfig.load(p.data_preset, p.data_kw), progress=progress)
     n_test = manifest['counts']['test']
     if n_test == 0: raise KitError(f"dataset {run.data_dir} has no test split: nothing to evaluate on")
-    if p.n_test > n_test: print(f"warning: the test split of {run.data_dir} has {n_test} items, fewer than n_test={p.n_test}")
+    if p.n_test > n_test: print(f"note: the test split of {run.data_dir} has {n_test} items, fewer than n_test={p.n_test}")
     print(manifest_summary(manifest))
     return dict(data_dir=str(run.data_dir), built=not p.data_dir, n_samples=manifest['n_samples'],
                 counts=manifest['counts'], attempted=manifest['attempted'])
 
 # %% ../nbs/05_reproduce.ipynb #430150fb
 def train_config_for(run:ReproduceRun, progress:bool=True):
-    "The preset's TrainConfig, pointed at the run's dataset and train folder."
+    "The preset's TrainConfig, pointed at the run's dataset and train folder (the trainer exports into train/model)"
     over = {**run.preset.train_kw, 'data_dir': str(run.data_dir), 'out_dir': str(run.train_dir), 'build_data': '',
-            'export': True, 'progress': progress}
-    return TrainConfig.load(run.preset.train_config, over)
+            'progress': progress}
+    cfg = TrainConfig.load(run.preset.train_config, over)
+    if str(cfg.export).lower() in ('none', 'false'):
+        raise ConfigError(f"train_kw.export={cfg.export!r}: the generate stage needs the exported model; use best or last")
+    return cfg
 
-def export_sharded(src:Path, dst:Path, max_shard_mb:int=15, dtype:str='') -> list[tuple[str, int]]:
-    "Re-save the model and tokenizer in `src` into `dst` (in `dtype`) with weight files of at most `max_shard_mb` MB."
-    model = CADRecode.from_pretrained(src, **({'dtype': torch_dtype(dtype)} if dtype else {}))
-    tok = load_tokenizer(src)
-    tmp = dst.with_name(dst.name + '.partial')
-    if tmp.exists(): shutil.rmtree(tmp)
-    model.save_pretrained(tmp, max_shard_size=f'{max_shard_mb}MB'); tok.save_pretrained(tmp)
-    CADRecode.from_pretrained(tmp)   # loads back: the check that the files are complete
-    replace_dir(tmp, dst)
-    files = sorted((f.name, f.stat().st_size) for f in dst.iterdir())
-    big = [n for n, s in files if s > 16 * 2**20]
-    if big: print(f"warning: {dst}: {big} are larger than 16 MiB (one tensor is bigger than max_shard_mb={max_shard_mb})")
-    return files
+def model_files(folder:Path) -> list[tuple[str, int]]:
+    "(name, bytes) of each file of an exported model"
+    return sorted((f.name, f.stat().st_size) for f in Path(folder).iterdir() if f.is_file())
 
 def stage_train(run:ReproduceRun, progress:bool=True) -> dict:
-    "Train (or resume) the preset's recipe on the run's dataset; export the model in small files to <out>/model."
+    "Train (or resume) the preset's recipe on the run's dataset; the trainer exports the model into train/model."
     _dataset_ready(run.data_dir, 'train')
     cfg = train_config_for(run, progress)
     _set_threads(run)
     res = train(cfg)
     if res.step < cfg.steps: raise StageIncomplete(f"training stopped at step {res.step} of {cfg.steps}; run again to resume")
-    files = export_sharded(run.train_dir/'model', run.model_dir, run.preset.max_shard_mb, run.preset.export_dtype)
-    shutil.rmtree(run.train_dir/'model')   # the trainer's single-file export; <out>/model replaces it
-    tr = [r for r in res.records if r['kind'] == 'train']; va = [r for r in res.records if r['kind'] == 'val']
-    return dict(steps=res.step, params=count_parameters(res.model), device=str(next(res.model.parameters()).device), final_loss=tr[-1]['loss'] if tr else None,
-                final_val_loss=va[-1]['val_loss'] if va else None, model_files=len(files),
-                largest_file_mb=round(max(s for _, s in files) / 2**20, 2), config=cfg.to_dict())
+    _need(run.model_dir/'config.json', 'train', 'train')   # the trainer's export
+    files = model_files(run.model_dir)
+    big = [n for n, s in files if s > 16 * 2**20]
+    if big: print(f"note: {big} are over 16 MiB; train_kw.export_shard_mb cuts the weights into smaller files")
+    tr, va = ([r for r in res.records if r['kind'] == kind] for kind in ('train', 'val'))
+    return dict(steps=res.step, params=count_parameters(res.model), device=str(next(res.model.parameters()).device),
+                final_loss=tr[-1]['loss'] if tr else None, final_val_loss=va[-1]['val_loss'] if va else None,
+                model_files=len(files), largest_file_mb=round(max(s for _, s in files) / 2**20, 2), config=cfg.to_dict())
 
 # %% ../nbs/05_reproduce.ipynb #eed175fe
+def _fresh_dir(path:Path) -> Path:
+    "An empty folder at `path` (what a killed run left there is removed)"
+    if path.exists(): shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
 def first_candidates(gen_dir:Path, out_dir:Path):
     "Write the generations of `gen_dir` cut to their first candidate into `out_dir` (same files, k = 1)."
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir/'generations.jsonl', [dict(r, programs=r['programs'][:1]) for r in read_jsonl(gen_dir/'generations.jsonl')])
-    shutil.copy(gen_dir/'inputs.npz', out_dir/'inputs.npz')
+    for f in ('inputs.npz', 'skipped.jsonl'): shutil.copy(gen_dir/f, out_dir/f)
     meta = json.loads((gen_dir/'generate_meta.json').read_text())
-    (out_dir/'generate_meta.json').write_text(json.dumps(dict(meta, num_candidates=1, do_sample=False, greedy_first=False,
-                                                             derived_from=f"candidate 0 of {gen_dir.name}"), indent=1))
+    atomic_write(out_dir/'generate_meta.json', json.dumps(dict(meta, num_candidates=1, do_sample=False, greedy_first=False,
+                                                               derived_from=f"candidate 0 of {gen_dir.name}"), indent=1))
 
 def stage_generate(run:ReproduceRun, progress:bool=True) -> dict:
     "Greedy and k-candidate programs for the first n_test parts of the test split, with the exported model."
-    p = run.preset
-    _need(run.model_dir/'config.json', 'generate', 'train', run); _dataset_ready(run.data_dir, 'generate')
+    p, name = run.preset, run.candidates_name()
+    _need(run.model_dir/'config.json', 'generate', 'train'); _dataset_ready(run.data_dir, 'generate')
     items = load_eval_inputs(run.data_dir, split='test', limit=p.n_test or None)
-    device = resolve_device(p.gen_device)
-    if device.type == 'cpu': _set_threads(run)
-    model = CADRecode.from_pretrained(run.model_dir, dtype=torch_dtype(p.gen_dtype)).to(device).eval()
-    tok = load_tokenizer(run.model_dir)
-    tmp = run.out/'generate.partial'
-    if tmp.exists(): shutil.rmtree(tmp)
+    if resolve_device(p.gen_device).type == 'cpu': _set_threads(run)
+    model, tok = load_model(str(run.model_dir), p.gen_device, p.gen_dtype, progress), load_tokenizer(run.model_dir)
+    tmp = _fresh_dir(run.out/'generate.partial')
     torch.manual_seed(p.gen_seed)
     t0 = time.time()
-    generate_step(model, tok, items, tmp/run.candidates_name(), num_candidates=p.num_candidates,
-                  do_sample=p.num_candidates > 1, temperature=p.temperature, top_p=p.top_p,
-                  max_new_tokens=p.max_new_tokens, batch_size=p.gen_batch_size, greedy_first=True, progress=progress)
+    generate_step(model, tok, items, tmp/name, num_candidates=p.num_candidates, do_sample=p.num_candidates > 1,
+                  temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens, batch_size=p.gen_batch_size,
+                  greedy_first=True, progress=progress)
     secs = time.time() - t0
-    if p.num_candidates > 1: first_candidates(tmp/run.candidates_name(), tmp/'greedy')
+    if p.num_candidates > 1: first_candidates(tmp/name, tmp/'greedy')
     replace_dir(tmp, run.gen_dir)
-    rows = read_jsonl(run.gen_dir/run.candidates_name()/'generations.jsonl')
+    rows = read_jsonl(run.gen_dir/name/'generations.jsonl')
     n_prog = sum(len(r['programs']) for r in rows)
-    return dict(n_items=len(rows), n_programs=n_prog, device=str(device), dtype=p.gen_dtype, seconds=round(secs, 2),
+    return dict(n_items=len(rows), n_programs=n_prog, device=str(model.device), dtype=p.gen_dtype, seconds=round(secs, 2),
                 programs_per_s=round(n_prog / max(secs, 1e-9), 2),
                 distinct_per_item=round(float(np.mean([len(set(r['programs'])) for r in rows])), 2))
 
@@ -269,32 +266,24 @@ def first_candidate_records(records:Sequence[dict]) -> list[dict]:
         out.append(dict(r, **{k: c0[k] for k in _PICK_KEYS if k in c0}, k=1, first=0, picked=0, oracle=0, candidates=[c0]))
     return out
 
-def _write_score(rep:ScoreReport, out_dir:Path, **extra):
-    "results.jsonl, summary.json, summary.txt and the plots of a report, as score_generations writes them."
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir/'results.jsonl', rep.records)
-    (out_dir/'summary.json').write_text(json.dumps(dict(rep.summary, normalization=rep.normalization,
-                                                        gt_failed=rep.gt_failed, **extra), indent=1))
-    (out_dir/'summary.txt').write_text(rep.table() + '\n')
-    save_plots(rep, out_dir)
-
 def stage_score(run:ReproduceRun, progress:bool=True) -> dict:
     "Run the generated programs in the sandbox; ScoreReports at k candidates (picked by input) and at 1 (greedy)."
     p, name = run.preset, run.candidates_name()
-    _need(run.gen_dir/name/'generations.jsonl', 'score', 'generate', run)
-    tmp = run.out/'score.partial'
-    if tmp.exists(): shutil.rmtree(tmp)
+    _need(run.gen_dir/name/'generations.jsonl', 'score', 'generate')
+    tmp = _fresh_dir(run.out/'score.partial')
     rep = score_generations(run.gen_dir/name, tmp/name, normalization=p.normalization, n_workers=p.workers,
                             timeout=p.timeout, n_gallery=0, plots=True, progress=progress)
     reports = {name: rep}
     if p.num_candidates > 1:
         recs = first_candidate_records(rep.records)
-        reports['greedy'] = ScoreReport(recs, summarize(recs), rep.gt_failed, [], rep.seconds, rep.normalization)
-        _write_score(reports['greedy'], tmp/'greedy', derived_from=f'candidate 0 of {name}')
+        reports['greedy'] = ScoreReport(recs, dict(summarize(recs), n_skipped=len(rep.skipped)), rep.skipped, [],
+                                        rep.seconds, rep.normalization, rep.timings)
+        write_score(reports['greedy'], tmp/'greedy', derived_from=f'candidate 0 of {name}')
     replace_dir(tmp, run.score_dir)
-    return dict(timings=rep.timings, gt_failed=len(rep.gt_failed),
-                **{f'{n}_{row}': {k: r.summary[row].get(k) for k in ('n', 'ir', 'ir_solid', 'mean_cd', 'median_cd', 'iou')}
-                   for n, r in reports.items() for row in (('first',) if n == 'greedy' else ('first', 'picked', 'oracle'))})
+    rows = {n: ('first',) if n == 'greedy' else ('first', 'picked', 'oracle') for n in reports}
+    return dict(timings=rep.timings, n_skipped=len(rep.skipped),
+                **{f'{n}_{row}': {k: reports[n].summary[row].get(k) for k in ('n', 'ir', 'ir_solid', 'mean_cd', 'median_cd', 'iou')}
+                   for n in reports for row in rows[n]})
 
 # %% ../nbs/05_reproduce.ipynb #4c27aadb
 def _cell(v, nd=3): return '-' if v is None else f'{v:.{nd}f}'
@@ -355,104 +344,94 @@ def gallery_items(records:Sequence[dict], gt_programs:dict, n:int=4, normalizati
     return successes, failures
 
 # %% ../nbs/05_reproduce.ipynb #aa17e362
-def _save(fig, path:Path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches='tight'); plt.close(fig)
-    return path.name
-
 def _fmt_s(s:float) -> str: return f'{s:.0f} s' if s < 120 else f'{s / 60:.1f} min'
 
-def _what_ran(run:ReproduceRun, records:dict) -> list[str]:
-    "The 'What ran' section: preset, commands, stage times and machines."
-    p = run.preset
-    invocations = json.loads((run.out/'run.json').read_text())['invocations'] if (run.out/'run.json').exists() else []
-    lines = ['## What ran', '', f"Preset **`{p.name}`**: {p.description}", '', 'Commands, in the order they ran on this folder:', '']
-    lines += [f"- `{i['command']}` ({i['started']}, {i['host']})" for i in invocations[-10:]] or ['- (not recorded)']
-    lines += ['', '| stage | wall time | finished | machine | load average at the end |', '|---|---:|---|---|---|']
-    total = 0.
+def stage_rows(markers:dict) -> tuple[list[dict], str]:
+    "Rows of the report's 'What ran' table (wall time, when, where), from the stage markers, and the total wall time"
+    rows, total = [], 0.
     for s in STAGES:
-        r = records.get(s)
-        if r is None: lines.append(f"| {s} | {'(writing this report)' if s == 'report' else 'not run'} | | | |"); continue
+        r = markers.get(s)
+        if r is None:
+            rows.append(dict(stage=s, wall='(writing this report)' if s == 'report' else 'not run', finished='', machine='', load=''))
+            continue
         m = r['machine']; total += r['seconds']
         where = f"{m['host']}: {m['cpus']} CPUs" + (f", {m['gpu']}" if m.get('gpu') else '') + f", torch {m['torch']}"
-        lines.append(f"| {s} | {_fmt_s(r['seconds'])} | {r['finished']} | {where} | {m.get('load_avg', '')} |")
-    lines.append(f'| **total** | **{_fmt_s(total)}** | | | |')
-    d, t, g = (records.get(s, {}).get('info', {}) for s in ('data', 'train', 'generate'))
-    if d: lines += ['', f"Data: {d['n_samples']} procedural samples ({', '.join(f'{k} {v}' for k, v in d['counts'].items())}) in "
-                        f"`{d['data_dir']}`, {'built by this run' if d['built'] else 'an existing dataset'}."]
-    if t:
-        c = t['config']
-        lines.append(f"Training: `{c['model']}` model with {t['params']:,} parameters (`model_kw` {c['model_kw']}), "
-                     f"{t['steps']} steps of batch {c['batch_size']}, lr {c['lr']} (warm-up {c['warmup_steps']}, cosine to "
-                     f"{c['min_lr_ratio']} x lr), {c['dtype']}, on `{t.get('device', c['device'])}`; final train loss {_cell(t['final_loss'])}, "
-                     f"val loss {_cell(t['final_val_loss'])}; exported in {t['model_files']} files of at most {t['largest_file_mb']} MB.")
-    if g: lines.append(f"Generation: {g['n_items']} test parts x {p.num_candidates} candidates, max_new_tokens {p.max_new_tokens}, "
-                       f"{g['device']} {g['dtype']}, {g['programs_per_s']} programs/s, {g['distinct_per_item']} distinct programs per part.")
-    lines += ['', '<details><summary>The full preset</summary>', '', '```yaml', p.to_yaml().strip(), '```', '', '</details>']
+        rows.append(dict(stage=s, wall=_fmt_s(r['seconds']), finished=r['finished'], machine=where, load=m.get('load_avg', '')))
+    return rows, _fmt_s(total)
+
+def failure_lines(name:str, records:Sequence[dict], k:int) -> list[str]:
+    "The report's lines on why the programs of score folder `name` ('greedy' or 'k<k>') failed"
+    fb = failure_breakdown(records)
+    label = 'greedy program' if name == 'greedy' else f'program picked among {k}'
+    lines = [f"- **{name}**: {fb['n_invalid']} of {fb['n_items']} items have no valid {label}: "
+             + (', '.join(f'{s} {n}' for s, n in fb['status'].items()) or 'none') + '.']
+    if name != 'greedy':
+        lines.append(f"  Over all {fb['n_candidates']} candidates, {fb['n_invalid_candidates']} are invalid: "
+                     + (', '.join(f'{s} {n}' for s, n in fb['candidate_status'].items()) or 'none') + '.')
+    msgs = fb['messages'] if name == 'greedy' else fb['candidate_messages']
+    if msgs: lines.append('  Most common messages: ' + '; '.join(f'`{m}` ({c})' for m, c in msgs) + '.')
     return lines
 
-def write_report(run:ReproduceRun, progress:bool=True) -> Path:
-    "Write <out>/report/report.md and its PNGs from the run folder's files."
+# %% ../nbs/05_reproduce.ipynb #aa17e364
+def template_dir() -> Path:
+    "The package folder holding the report templates (beside configs/)"
+    return config_dir().parent/'templates'
+
+def render_template(name:str, **context) -> str:
+    "Render the package's Jinja2 template `name` with `context`; a name the template uses and `context` lacks is an error"
+    import jinja2
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()), trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(num=_cell, wall=_fmt_s)
+    return env.get_template(name).render(**context)
+
+def read_scores(run:ReproduceRun) -> dict:
+    "{folder name: (summary, records)} of the run's score folders: greedy, then k candidates"
+    names = [n for n in dict.fromkeys(['greedy', run.candidates_name()]) if (run.score_dir/n/'summary.json').exists()]
+    return {n: (json.loads((run.score_dir/n/'summary.json').read_text()), read_jsonl(run.score_dir/n/'results.jsonl'))
+            for n in names}
+
+def report_figures(run:ReproduceRun, scores:dict, history:list, folder:Path) -> dict:
+    "Draw the report's PNGs into `folder` (training curves, CD histograms, galleries run again in the sandbox); their names"
+    import matplotlib.pyplot as plt
     p, name = run.preset, run.candidates_name()
-    for f in (run.score_dir/name/'results.jsonl', run.train_dir/'history.jsonl'):
-        _need(f, 'report', 'score' if 'score' in str(f) else 'train', run)
-    tmp = run.out/'report.partial'
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    records = {s: run.record(s) for s in STAGES if run.is_done(s)}
-    names = [n for n in dict.fromkeys(['greedy', name]) if (run.score_dir/n/'summary.json').exists()]
-    summaries = {n: json.loads((run.score_dir/n/'summary.json').read_text()) for n in names}
-    results = {n: read_jsonl(run.score_dir/n/'results.jsonl') for n in names}
-    history = read_history(run.train_dir/'history.jsonl')
-    n_items = summaries[name]['first']['n']
-    md = [f'# CAD-Recode reproduction: preset `{p.name}`', '',
-          f"> {n_items} held-out procedural parts, {p.num_candidates} candidates each; written by `cadrecode_reproduce` "
-          f"on {time.strftime('%Y-%m-%d %H:%M')}", '']
-    md += _what_ran(run, records)
-    # training curves
-    md += ['', '## Training', '', f"![loss and learning rate]({_save(plot_history(history, title=f'loss ({p.name})'), tmp/'training.png')})"]
-    tr = [r for r in history if r['kind'] == 'train']
-    if tr: md += ['', f"Train loss {tr[0]['loss']:.3f} at step {tr[0]['step']} -> {tr[-1]['loss']:.3f} at step {tr[-1]['step']} "
-                      f"(nats per code token); {np.median([r['step_s'] for r in tr]):.2f} s per step (median)."]
-    # results
-    md += ['', '## Results', '', results_markdown(summaries, p.num_candidates, normalization=p.normalization), '',
-           f"**Different test sets.** The kit's rows are measured on the first {n_items} parts of the *procedural* test "
-           f"split (`{run.data_dir}`), parts the model never saw but drawn from the same generator as its training data. "
-           "The published rows are CAD-Recode (ICCV 2025) and cadrille on the DeepCAD, Fusion360 and CC3D test meshes, "
-           "with a 1.5B-parameter model trained for 100k steps on 1M programs: they show what the full recipe reaches, "
-           "they are not numbers this run should match. CD is x1000 under the '"
-           f"{p.normalization}' normalisation; CD and IoU are averaged over valid items only, so read them beside IR. "
-           "IR\\* is the kit's own, stricter invalidity ratio: items whose chosen program builds no BRepCheck-valid, "
-           "closed solid of positive volume (the published protocol counts any shape with more than two faces). "
-           "The ORACLE row chooses among candidates by the ground truth and is an upper bound, not a result.", '']
-    fig, axs = plt.subplots(1, len(names), figsize=(5 * len(names), 3), squeeze=False)
-    for ax, n in zip(axs[0], names): plot_cd_histogram(results[n], ax=ax, row='picked'); ax.set_title(f'CD, {n}')
-    fig.tight_layout(); md += [f"![Chamfer distance histograms]({_save(fig, tmp/'cd_hist.png')})", '']
-    # gallery
+    figures = dict(training=save_figure(plot_history(history, title=f'loss ({p.name})'), folder/'training.png'))
+    fig, axs = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3), squeeze=False)
+    for ax, (_, records) in zip(axs[0], scores.values()): plot_cd_histogram(records, ax=ax, row='picked')
+    figures['cd_hist'] = save_figure(fig, folder/'cd_hist.png')
     gts = {r['id']: r['gt_program'] for r in read_jsonl(run.gen_dir/name/'generations.jsonl') if 'gt_program' in r}
-    good, bad = gallery_items(results[name], gts, p.n_gallery, p.normalization, p.timeout, p.workers)
-    md += ['## Gallery', '', f'Ground truth (grey, top) and the chosen prediction (blue, bottom), in the unit cube; '
-           f'the prediction is the candidate picked by the input cloud among {p.num_candidates}.', '']
-    for title, entries, fname in (('Successes: the lowest Chamfer distances', good, 'gallery_successes.png'),
-                                  ('Failures: invalid programs, then the highest Chamfer distances', bad, 'gallery_failures.png')):
-        md += [f'### {title}', '']
-        md += [f"![{title}]({_save(plot_gallery(entries, n=len(entries)), tmp/fname)})" if entries else '(none)', '']
-    # failures
-    md += ['## Why programs fail', '',
-           'Counted automatically from the sandbox statuses (see `00a_sandbox`: syntax, forbidden, runtime, timeout, '
-           'memory, crashed, invalid_solid, empty).', '']
-    for n in names:
-        fb = failure_breakdown(results[n])
-        label = 'greedy program' if n == 'greedy' else f'program picked among {p.num_candidates}'
-        md.append(f"- **{n}**: {fb['n_invalid']} of {fb['n_items']} items have no valid {label}: "
-                  + (', '.join(f'{k} {v}' for k, v in fb['status'].items()) or 'none') + '.')
-        if n != 'greedy':
-            md.append(f"  Over all {fb['n_candidates']} candidates, {fb['n_invalid_candidates']} are invalid: "
-                      + (', '.join(f'{k} {v}' for k, v in fb['candidate_status'].items()) or 'none') + '.')
-        msgs = fb['messages'] if n == 'greedy' else fb['candidate_messages']
-        if msgs: md.append('  Most common messages: ' + '; '.join(f'`{m}` ({c})' for m, c in msgs) + '.')
-    failed = summaries[name].get('gt_failed', [])
-    if failed: md += ['', f'{len(failed)} test parts were left out because their ground truth did not run again: {failed[:3]}']
-    atomic_write(tmp/'report.md', '\n'.join(md) + '\n')
+    good, bad = gallery_items(scores[name][1], gts, p.n_gallery, p.normalization, p.timeout, p.workers)
+    figures['gallery'] = [dict(title=title, png=save_figure(plot_gallery(e, n=len(e)), folder/f) if e else None)
+                          for title, e, f in (('Successes: the lowest Chamfer distances', good, 'gallery_successes.png'),
+                                              ('Failures: invalid programs, then the highest Chamfer distances', bad,
+                                               'gallery_failures.png'))]
+    return figures
+
+# %% ../nbs/05_reproduce.ipynb #aa17e365
+def report_context(run:ReproduceRun, scores:dict, history:list, figures:dict) -> dict:
+    "Everything templates/report.md.j2 shows, from the run folder: markers, commands, history, scores, skipped parts"
+    p, name = run.preset, run.candidates_name()
+    markers = {s: run.record(s) for s in STAGES if run.is_done(s)}
+    rows, total = stage_rows(markers)
+    log, skipped = run.out/'run.json', run.score_dir/name/'skipped.jsonl'
+    tr = [r for r in history if r['kind'] == 'train']
+    return dict(preset=p, preset_yaml=p.to_yaml().strip(), k=p.num_candidates, candidates_name=name,
+                n_items=scores[name][0]['first']['n'], written=time.strftime('%Y-%m-%d %H:%M'),
+                invocations=json.loads(log.read_text())['invocations'][-10:] if log.exists() else [],
+                stage_rows=rows, total_wall=total, **{s: (markers.get(s) or {}).get('info') for s in ('data', 'train', 'generate')},
+                train_loss=dict(first=tr[0], last=tr[-1], step_s=float(np.median([r['step_s'] for r in tr]))) if tr else None,
+                results_table=results_markdown({n: s for n, (s, _) in scores.items()}, p.num_candidates, normalization=p.normalization),
+                data_dir=run.data_dir, figures=figures, skipped=read_jsonl(skipped) if skipped.exists() else [],
+                failures=[failure_lines(n, records, p.num_candidates) for n, (_, records) in scores.items()])
+
+def write_report(run:ReproduceRun, progress:bool=True) -> Path:
+    "Write <out>/report/report.md (rendered from templates/report.md.j2) and its PNGs from the run folder's files."
+    for f, stage in ((run.score_dir/run.candidates_name()/'results.jsonl', 'score'), (run.train_dir/'history.jsonl', 'train')):
+        _need(f, 'report', stage)
+    tmp = _fresh_dir(run.out/'report.partial')
+    scores, history = read_scores(run), read_history(run.train_dir/'history.jsonl')
+    figures = report_figures(run, scores, history, tmp)
+    atomic_write(tmp/'report.md', render_template('report.md.j2', **report_context(run, scores, history, figures)))
     replace_dir(tmp, run.report_dir)
     return run.report_dir/'report.md'
 
@@ -474,70 +453,67 @@ def parse_stages(stages:str|Sequence[str]) -> list[str]:
 def _clean_outputs(run:ReproduceRun, stage:str):
     "Remove what would make a forced stage resume instead of redo."
     if stage == 'data' and not run.preset.data_dir and run.data_dir.exists(): shutil.rmtree(run.data_dir)
-    if stage == 'train':
-        for d in (run.train_dir, run.model_dir):
-            if d.exists(): shutil.rmtree(d)
+    if stage == 'train' and run.train_dir.exists(): shutil.rmtree(run.train_dir)
 
 def _log_invocation(run:ReproduceRun, command:str):
-    "Append this call to run.json; warn when the preset differs from the one finished stages used."
+    "Append this call to run.json; say so when the preset differs from the one finished stages used."
     path = run.out/'run.json'
     state = json.loads(path.read_text()) if path.exists() else dict(invocations=[])
-    old = state.get('preset')
-    if old and old != run.preset.to_dict() and any(run.is_done(s) for s in STAGES):
-        diff = sorted(k for k in old.keys() | run.preset.to_dict().keys() if old.get(k) != run.preset.to_dict().get(k))
-        print(f"warning: {run.out} was run with a different preset (differs in {diff}); finished stages keep their "
+    old, new = state.get('preset'), run.preset.to_dict()
+    if old and old != new and any(run.is_done(s) for s in STAGES):
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        print(f"note: {run.out} was run with a different preset (differs in {diff}); finished stages keep their "
               f"results: use --force STAGE to redo them")
     state['invocations'].append(dict(command=command, started=time.strftime('%Y-%m-%d %H:%M:%S'), host=platform.node()))
-    state['preset'] = run.preset.to_dict()
+    state['preset'] = new
     atomic_write(path, json.dumps(state, indent=1))
 
+# %% ../nbs/05_reproduce.ipynb #9c94e680
 def run_reproduction(out:str|Path, preset:ReproducePreset|str='tiny', stages:str|Sequence[str]=STAGES,
                      force:str|None=None, progress:bool=True, command:str|None=None) -> ReproduceRun:
     "Run (or resume) the requested stages of a reproduction into `out`; finished stages are skipped."
     preset = ReproducePreset.load(preset) if isinstance(preset, str) else preset
     run, todo = ReproduceRun(out, preset), parse_stages(stages)
     if force is not None and force not in STAGES: raise KitError(f"--force {force!r}: not a stage; stages are {','.join(STAGES)}")
-    run.out.mkdir(parents=True, exist_ok=True)
+    check_writable(run.out, what='run')
     _log_invocation(run, command or f"run_reproduction({str(out)!r}, {preset.name!r}, stages={','.join(todo)!r}, force={force!r})")
     if force:
         gone = run.invalidate(force); _clean_outputs(run, force)
         print(f"--force {force}: redoing {', '.join(s for s in STAGES[STAGES.index(force):] if s in todo) or 'nothing requested'}"
               f" (markers removed: {', '.join(gone) or 'none'})")
     for s in todo:
-        if run.is_done(s): print(f"stage {s}: done, skipped"); continue
-        print(f"stage {s}: running")
-        t0 = time.time()
-        try: info = STAGE_FUNCTIONS[s](run, progress)
-        except StageIncomplete as e:
-            print(f"stage {s}: not finished after {time.time() - t0:.1f} s: {e}"); return run
-        rec = run.mark_done(s, time.time() - t0, info)
-        print(f"stage {s}: {rec['seconds']:.1f} s")
+        if run_stage(run, s, STAGE_FUNCTIONS[s], progress) is None: break   # stopped early on purpose: resumes next time
     return run
 
 # %% ../nbs/05_reproduce.ipynb #938491db
-def parse_args(argv:Sequence[str]|None=None) -> argparse.Namespace:
-    "Command-line arguments of `cadrecode_reproduce`."
-    p = argparse.ArgumentParser(prog='cadrecode_reproduce', description='From nothing to a trained CAD-Recode model, its '
-                                'evaluation and a report: stages data, train, generate, score, report (each resumable).')
-    p.add_argument('--preset', '--config', dest='preset', default='tiny', help='shipped preset (' + ', '.join(ReproducePreset.presets()) + ') or a YAML path [%(default)s]')
-    p.add_argument('--out', help='run folder (default: runs/reproduce-<preset>)')
-    p.add_argument('--data-dir', help='use this finished dataset (cadrecode_data output) instead of building one')
-    p.add_argument('--stages', default=','.join(STAGES), help='comma-separated subset of %(default)s')
+def _presets_epilog() -> str:
+    "The shipped presets with their descriptions, and examples, for --help"
+    lines = ['shipped presets (--preset NAME):']
+    for name in ReproducePreset.presets():
+        try: lines.append(f"  {name:8} {ReproducePreset.load(name).description}")
+        except ConfigError as e: lines.append(f"  {name:8} (cannot be read here: {e})")
+    return '\n'.join(lines + ['', 'examples:', '  cadrecode_reproduce --preset tiny --out runs/reproduce',
+                              '  cadrecode_reproduce --preset small --data-dir data/small --stages data,train,generate',
+                              '  cadrecode_reproduce --out runs/reproduce --force score'])
+
+def reproduce_parser() -> argparse.ArgumentParser:
+    "`cadrecode_reproduce`'s parser: the preset's keys, and the run's folder, stages and --force"
+    p = config_parser(ReproducePreset, 'cadrecode_reproduce', 'From nothing to a trained CAD-Recode model, its evaluation '
+                      'and a report: stages data, train, generate, score, report (each resumable).', epilog=_presets_epilog())
+    p.add_argument('--out', help='run folder (default: runs/reproduce-<preset name>)')
+    p.add_argument('--stages', default=','.join(STAGES), help='comma-separated subset of the stages (default: %(default)s)')
     p.add_argument('--force', metavar='STAGE', help='redo STAGE and every stage after it')
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override a preset key (train_kw.KEY, data_kw.KEY too)')
-    p.add_argument('--debug', action='store_true', help='show the full traceback of an error')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.add_argument('--print-preset', action='store_true', help='print the resolved preset as YAML and exit')
-    return p.parse_args(argv)
+    p.add_argument('--print-preset', dest='print_config', action='store_true', help=argparse.SUPPRESS)  # the old name
+    return p
 
 def _reproduce_command(argv:Sequence[str]):
-    args = parse_args(argv)
-    sets = list(args.set) + ([f'data_dir={args.data_dir}'] if args.data_dir else [])
-    preset = ReproducePreset.load(args.preset, sets)
-    if args.print_preset: print(preset.to_yaml(), end=''); return
-    out = args.out or f'runs/reproduce-{preset.name}'
+    args = parse_command_line(reproduce_parser(), argv)
+    preset = config_from_args(ReproducePreset, args)
+    if args.print_config: print(preset.to_yaml(), end=''); return
     cmd = ' '.join(shlex.quote(a) for a in ['cadrecode_reproduce', *argv])
-    run = run_reproduction(out, preset, args.stages, args.force, not args.no_progress, command=cmd)
+    run = run_reproduction(args.out or f'runs/reproduce-{preset.name}', preset, args.stages, args.force,
+                           not args.no_progress, command=cmd)
     summary = run.score_dir/run.candidates_name()/'summary.json'
     if summary.exists() and {'score', 'report'} & set(parse_stages(args.stages)):
         print(summary_table(json.loads(summary.read_text()), normalization=preset.normalization))

@@ -1,4 +1,4 @@
-"""Mutation check of the tests of `eval`, `points`, `dataset` and `trainer`: run by hand, not in CI (pytest does not collect this file).
+"""Mutation check of the tests of `metrics`, `eval`, `points`, `dataset` and `trainer`: run by hand, not in CI (pytest does not collect this file).
 
     python tests/mutants.py                  # every mutant (about 8 minutes on 2 CPU cores)
     python tests/mutants.py --only pick_against_gt clip_coef_one   # some of them
@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 M, D, T = 'tests/test_metrics.py::', 'tests/test_data.py::', 'tests/test_trainer.py::'
+C = 'tests/test_cli.py::'
 
 
 @dataclass
@@ -44,39 +45,52 @@ _CLIP = [T + 'test_resume_is_exact', T + 'test_clip_coef_is_the_hand_formula', T
          T + 'test_training_clips_the_gradient']
 
 MUTANTS = [
-    # ---- eval: the metrics as reported and the pick ---------------------------------------------------------------
-    Mutant('score_cd_one_sided', 'eval', "c['cd'] = CD_SCALE * (_mean_sq_nn(tree, gt_points) + _mean_sq_nn(gt_tree, pts))",
+    # ---- metrics: the numbers as reported and the pick ------------------------------------------------------------
+    Mutant('score_cd_one_sided', 'metrics', "c['cd'] = CD_SCALE * (_mean_sq_nn(tree, gt_points) + _mean_sq_nn(gt_tree, pts))",
            "c['cd'] = CD_SCALE * _mean_sq_nn(tree, gt_points)", _CD, named=True,
            why='the reported CD made one-sided inside score_item'),
-    Mutant('pick_against_gt', 'eval', "picked, oracle = best_index([c['input_cd'] for c in cands])",
+    Mutant('pick_against_gt', 'metrics', "picked, oracle = best_index([c['input_cd'] for c in cands])",
            "picked, oracle = best_index([c['cd'] for c in cands])", _PICK, named=True,
            why='the pick "by input cloud" made against the ground truth (oracle leak)'),
-    Mutant('input_cd_one_sided', 'eval', "(_mean_sq_nn(tree, target.unit_input) + _mean_sq_nn(in_tree, pts))",
+    Mutant('input_cd_one_sided', 'metrics', "(_mean_sq_nn(tree, target.unit_input) + _mean_sq_nn(in_tree, pts))",
            "(_mean_sq_nn(tree, target.unit_input))", _CD + _PICK[1:]),
-    Mutant('candidate_same_seed', 'eval', 'pts = sample_surface(mesh, n_points, seed + 1)',
+    Mutant('candidate_same_seed', 'metrics', 'pts = sample_surface(mesh, n_points, seed + 1)',
            'pts = sample_surface(mesh, n_points, seed)', _CD),
-    Mutant('chamfer_one_sided', 'eval', 'return _mean_sq_nn(cKDTree(b), a) + _mean_sq_nn(cKDTree(a), b)',
+    Mutant('chamfer_one_sided', 'metrics', 'return _mean_sq_nn(cKDTree(b), a) + _mean_sq_nn(cKDTree(a), b)',
            'return _mean_sq_nn(cKDTree(b), a)', [M + 'test_cd_shifted_cube_matches_brute_force']),
-    Mutant('cd_not_squared', 'eval', 'np.mean(np.square(tree.query(points, k=1)[0]))', 'np.mean(tree.query(points, k=1)[0])',
+    Mutant('cd_not_squared', 'metrics', 'np.mean(np.square(tree.query(points, k=1)[0]))', 'np.mean(tree.query(points, k=1)[0])',
            [M + 'test_cd_shifted_cube_matches_brute_force'] + _CD[1:]),
-    Mutant('unit_cube_scale', 'eval', 'm.apply_scale(1 / extent)', 'm.apply_scale(0.5 / extent)', [M + 'test_normalizations']),
-    Mutant('demo_scale', 'eval', 'm.apply_scale(1 / 200)', 'm.apply_scale(1 / 100)', [M + 'test_normalizations']),
-    Mutant('input_not_mapped', 'eval', 'return np.asarray(points, dtype=np.float64) / 2 + 0.5',
+    Mutant('unit_cube_scale', 'metrics', 'm.apply_scale(1 / extent)', 'm.apply_scale(0.5 / extent)', [M + 'test_normalizations']),
+    Mutant('demo_scale', 'metrics', 'm.apply_scale(1 / 200)', 'm.apply_scale(1 / 100)', [M + 'test_normalizations']),
+    Mutant('input_not_mapped', 'metrics', 'return np.asarray(points, dtype=np.float64) / 2 + 0.5',
            'return np.asarray(points, dtype=np.float64)', [M + 'test_normalizations'] + _CD[1:]),
-    Mutant('score_normalization_ignored', 'eval', 'mesh = normalize_prediction(_result_mesh(res), normalization)',
-           "mesh = normalize_prediction(_result_mesh(res), 'bbox')", _CD),
-    Mutant('iou_union_keeps_intersection', 'eval', 'sum(p.volume for p in pred) - inter', 'sum(p.volume for p in pred)',
+    Mutant('score_normalization_ignored', 'metrics', 'mesh = normalize_prediction(result_mesh(res), normalization)',
+           "mesh = normalize_prediction(result_mesh(res), 'bbox')", _CD),
+    Mutant('iou_union_keeps_intersection', 'metrics', 'sum(p.volume for p in pred) - inter', 'sum(p.volume for p in pred)',
            [M + 'test_iou_self_disjoint_and_analytic']),
-    Mutant('iou_not_for_picked', 'eval', 'for i in {0, picked, oracle} & set(meshes):', 'for i in {0, oracle} & set(meshes):',
+    Mutant('iou_not_for_picked', 'metrics', 'for i in {0, picked, oracle} & set(meshes):', 'for i in {0, oracle} & set(meshes):',
            _PICK),
-    Mutant('best_index_max', 'eval', 'return min(valid)[1] if valid else 0', 'return max(valid)[1] if valid else 0',
+    Mutant('best_index_max', 'metrics', 'return min(valid)[1] if valid else 0', 'return max(valid)[1] if valid else 0',
            [M + 'test_invalidity_ratio_and_best_index']),
-    Mutant('best_index_keeps_nan', 'eval', 'if s is not None and np.isfinite(s)]', 'if s is not None]',
+    Mutant('best_index_keeps_nan', 'metrics', 'if s is not None and np.isfinite(s)]', 'if s is not None]',
            [M + 'test_invalidity_ratio_and_best_index', M + 'test_summarize_by_hand']),
-    Mutant('ir_inverted', 'eval', 'return 1 - sum(map(bool, valid)) / len(valid)', 'return sum(map(bool, valid)) / len(valid)',
+    Mutant('ir_inverted', 'metrics', 'return 1 - sum(map(bool, valid)) / len(valid)', 'return sum(map(bool, valid)) / len(valid)',
            [M + 'test_invalidity_ratio_and_best_index', M + 'test_summarize_by_hand']),
-    Mutant('median_is_mean', 'eval', 'median_cd=float(np.median(cds))', 'median_cd=float(np.mean(cds))',
+    Mutant('median_is_mean', 'metrics', 'median_cd=float(np.median(cds))', 'median_cd=float(np.mean(cds))',
            [M + 'test_score_item_picks_by_input_and_never_an_invalid_candidate', M + 'test_summarize_by_hand']),
+    # ---- eval and metrics: bad inputs, model names, what the progress bar and the plots say (issue 16) ------------
+    Mutant('strict_ignored', 'eval', 'if strict: raise InputError(', 'if False: raise InputError(',
+           [C + 'test_eval_strict_fails_fast', M + 'test_mesh_folder_skips_bad_files_with_their_reason']),
+    Mutant('generate_skips_dropped', 'eval', "if r and r.get('step') == 'generate']", "if False]",
+           [C + 'test_eval_run_skips_a_bad_mesh']),
+    Mutant('any_name_is_a_hub_id', 'eval', 'if not _HUB_ID.fullmatch(str(name)):', 'if False:',
+           [C + 'test_eval_model_that_is_not_there']),
+    Mutant('progress_counts_clouds', 'eval', 'done += len(chunk) * k', 'done += len(chunk)',
+           [M + 'test_generate_progress_moves_per_batch']),
+    Mutant('one_candidate_called_picked', 'metrics', "if k == 1: return 'one candidate'", "if False: return 'one candidate'",
+           [M + 'test_plots_say_which_candidate_and_their_units']),
+    Mutant('log_minor_labels_back', 'metrics', 'axis.set_minor_formatter(NullFormatter())', 'pass',
+           [M + 'test_plots_say_which_candidate_and_their_units']),
     # ---- data: point clouds, noise, batches -------------------------------------------------------------------------
     Mutant('fps_first_points', 'points', 'keep = furthest_point_sample(torch.from_numpy(surface)[None], n_points)[0].numpy()',
            'keep = np.arange(n_points)', [D + 'test_sample_point_cloud', D + 'test_sample_point_cloud_is_fps_of_the_surface_samples'],
@@ -96,45 +110,52 @@ MUTANTS = [
     Mutant('quantize_scale', 'points', 'np.rint((np.clip(points, -1, 1) + 1) * 127.5)', 'np.rint((np.clip(points, -1, 1) + 1) * 127)',
            [D + 'test_noise_and_quantisation']),
     Mutant('label_on_start', 'dataset', 'labels[P + 1:] = ids[P + 1:]', 'labels[P:] = ids[P:]', [D + 'test_collator_layout']),
-    # ---- trainer: schedule, clipping, RNG, data order, weighting ----------------------------------------------------
-    Mutant('lr_floor_ignored', 'trainer', 'min_lr_rate=cfg.min_lr_ratio)', 'min_lr_rate=0.0)', _LR, named=True,
+    # ---- trainer (trainer, run_parts, speed, checkpoints): schedule, clipping, RNG, data order, weighting -----------
+    Mutant('lr_floor_ignored', 'run_parts', 'min_lr_rate=cfg.min_lr_ratio)', 'min_lr_rate=0.0)', _LR, named=True,
            why="the cosine schedule's floor ignored"),
-    Mutant('warmup_halved', 'trainer', 'num_warmup_steps=cfg.warmup_steps,', 'num_warmup_steps=cfg.warmup_steps // 2,', _LR,
+    Mutant('warmup_halved', 'run_parts', 'num_warmup_steps=cfg.warmup_steps,', 'num_warmup_steps=cfg.warmup_steps // 2,', _LR,
            named=True, why='the warm-up halved'),
-    Mutant('clip_coef_one', 'trainer', 'return (max_norm / (grad_norm + 1e-6)).clamp(max=1.0)', 'return torch.ones_like(grad_norm)',
+    Mutant('clip_coef_one', 'speed', 'return (max_norm / (grad_norm + 1e-6)).clamp(max=1.0)', 'return torch.ones_like(grad_norm)',
            _CLIP, named=True, why='clipping made a no-op (clip coefficient always 1)'),
-    Mutant('rng_not_restored', 'trainer', "        set_rng_state(state['rng'])\n", "        pass   # global RNG state not restored\n",
+    Mutant('rng_not_restored', 'trainer', "    set_rng_state(state['rng'])\n", "    pass   # global RNG state not restored\n",
            [T + 'test_resume_is_exact', T + 'test_global_generators_on_resume'], named=True,
            why='global RNG state not restored on resume'),
-    Mutant('peak_matmul_global_rng', 'trainer', 'g = torch.Generator(device).manual_seed(0)', 'g = None',
+    Mutant('peak_matmul_global_rng', 'checkpoints', 'g = torch.Generator(device).manual_seed(0)', 'g = None',
            [T + 'test_resume_is_exact', T + 'test_global_generators_on_resume']),
-    Mutant('fused_clip_dropped', 'trainer', 'if max_norm: optimizer.grad_scale = clip_coef(grad_norm, max_norm).reciprocal()',
+    Mutant('fused_clip_dropped', 'speed', 'if max_norm: optimizer.grad_scale = clip_coef(grad_norm, max_norm).reciprocal()',
            'pass', _CLIP),
-    Mutant('clip_coef_unclamped', 'trainer', 'return (max_norm / (grad_norm + 1e-6)).clamp(max=1.0)',
+    Mutant('clip_coef_unclamped', 'speed', 'return (max_norm / (grad_norm + 1e-6)).clamp(max=1.0)',
            'return max_norm / (grad_norm + 1e-6)', _CLIP),
-    Mutant('projector_lr_ignored', 'trainer', "lr=(projector_lr or lr) if part == 'projector' else lr)", 'lr=lr)', _LR),
-    Mutant('decay_on_everything', 'trainer', 'decay = p.ndim >= 2', 'decay = True', [T + 'test_schedule_is_the_closed_form']),
-    Mutant('epochs_repeat_order', 'trainer', 'np.random.default_rng([self.seed, epoch])', 'np.random.default_rng([self.seed, 0])',
+    Mutant('projector_lr_ignored', 'run_parts', "lr=(projector_lr or lr) if part == 'projector' else lr)", 'lr=lr)', _LR),
+    Mutant('decay_on_everything', 'run_parts', 'decay = p.ndim >= 2', 'decay = True', [T + 'test_schedule_is_the_closed_form']),
+    Mutant('epochs_repeat_order', 'run_parts', 'np.random.default_rng([self.seed, epoch])', 'np.random.default_rng([self.seed, 0])',
            [T + 'test_resume_is_exact', T + 'test_streams_of_samples_and_noise']),
-    Mutant('data_order_restarts', 'trainer', 'idx = sampler.micro_batches(it, cfg.batch_size',
-           "idx = sampler.micro_batches(it - (found[0]['step'] if found else 0), cfg.batch_size", [T + 'test_resume_is_exact']),
-    Mutant('noise_ignores_step', 'trainer', 'np.random.SeedSequence([seed, step, rank, micro])',
+    Mutant('data_order_restarts', 'trainer', 'idx = run.sampler.micro_batches(it, cfg.batch_size',
+           'idx = run.sampler.micro_batches(it - run.resumed_at, cfg.batch_size', [T + 'test_resume_is_exact']),
+    Mutant('noise_ignores_step', 'run_parts', 'np.random.SeedSequence([seed, step, rank, micro])',
            'np.random.SeedSequence([seed, rank, micro])', [T + 'test_resume_is_exact', T + 'test_streams_of_samples_and_noise']),
     Mutant('mean_of_micro_means', 'trainer', 'share = (counts[k, 0] * dinfo.world_size / n_label).float()',
            'share = torch.tensor(1.0 / len(micro))', [T + 'test_resume_is_exact', T + 'test_accumulation_weights_every_label_token_alike']),
     Mutant('logged_loss_unweighted', 'trainer', 'loss_sum += loss.detach().double() * counts[k, 0].item()',
            'loss_sum += loss.detach().double() * counts[:, 0].mean().item()',
            [T + 'test_resume_is_exact', T + 'test_accumulation_weights_every_label_token_alike']),
-    Mutant('val_mean_of_means', 'trainer', 'tot += torch.tensor([loss.double().item() * k, k]', 'tot += torch.tensor([loss.double().item(), 1]',
+    Mutant('val_mean_of_means', 'run_parts', 'tot += torch.tensor([loss.double().item() * k, k]', 'tot += torch.tensor([loss.double().item(), 1]',
            [T + 'test_resume_is_exact', T + 'test_validation_loss_is_token_weighted']),
-    Mutant('val_on_raw_weights', 'trainer', 'vl = validation_loss(ema.module if ema is not None else model,', 'vl = validation_loss(model,',
+    Mutant('val_on_raw_weights', 'trainer', 'vl = validation_loss(weights,', 'vl = validation_loss(run.model,',
            [T + 'test_resume_is_exact', T + 'test_validation_uses_the_ema_weights']),
-    Mutant('nonfinite_not_skipped', 'trainer', 'optimizer.found_inf = skip.float()', 'optimizer.found_inf = torch.zeros_like(skip.float())',
+    Mutant('nonfinite_not_skipped', 'speed', 'optimizer.found_inf = skip.float()', 'optimizer.found_inf = torch.zeros_like(skip.float())',
            [T + 'test_nonfinite_steps_are_skipped_then_stop']),
-    Mutant('streak_never_reset', 'trainer', "if not skipped: counter['streak'] = 0; return True", 'if not skipped: return True',
+    Mutant('streak_never_reset', 'run_parts', "if not skipped: counter['streak'] = 0; return True", 'if not skipped: return True',
            [T + 'test_nonfinite_steps_are_skipped_then_stop', T + 'test_count_skip_streak']),
-    Mutant('resume_key_lr_dropped', 'trainer', "'steps', 'batch_size', 'lr',", "'steps', 'batch_size',",
+    Mutant('resume_key_lr_dropped', 'checkpoints', "'noise_std', 'batch_size', 'lr',", "'noise_std', 'batch_size',",
            [T + 'test_mismatched_config_is_refused']),
+    # ---- trainer: the features of issues 16/17 (schedule past its end, early stopping, export, step times) ----------
+    Mutant('schedule_floor_not_held', 'run_parts', 'lambda s, f=f: f(min(s, end))', 'lambda s, f=f: f(s)',
+           [T + 'test_training_longer_is_the_planned_run']),
+    Mutant('early_stop_ignores_min_delta', 'trainer', 'if gain is None or gain > cfg.early_stop_min_delta:',
+           'if gain is None or gain > 0:', [T + 'test_early_stopping_stops_finishes_and_resumes_stopped']),
+    Mutant('export_best_exports_last', 'trainer', "if cfg.export == 'best' and best.exists(): state = checkpoint_weights(load_checkpoint(best))",
+           "if cfg.export == 'best' and best.exists(): state = None", [T + 'test_export_best_writes_the_weights_of_best_pt']),
 ]
 
 
@@ -299,7 +320,8 @@ def print_table(rows, nb_rows, total):
 
 
 def notebook_of_name(m:Mutant) -> str:
-    return {'eval': '04_eval', 'points': '00c_points', 'dataset': '00d_dataset', 'trainer': '03_trainer'}[m.module]
+    return {'eval': '04_eval', 'metrics': '04a_metrics', 'points': '00c_points', 'dataset': '00d_dataset', 'trainer': '03_trainer',
+            'checkpoints': '03a_checkpoints', 'speed': '03b_speed', 'run_parts': '03c_run_parts'}[m.module]
 
 
 if __name__ == '__main__': main()

@@ -1,20 +1,23 @@
 """Tests of the point-cloud / dataset / token half of the data stage (`cadrecode_nb.points`, `cadrecode_nb.dataset`).
 
 Fast tests (no CadQuery): furthest point sampling against a brute-force reference, point clouds, mesh files and their
-errors, the offline tokenizer, the collator's layout. Slower tests (the real sandbox, a few pool starts): the dataset
-on disk, resumed after an interruption and after damage, byte for byte; rejections counted by reason.
+errors, the offline tokenizer, the collator's layout, a shard's counting with a stand-in pool, the split shares, the
+`cadrecode_data` help and progress labels. Slower tests (the real sandbox, a few pool starts): the dataset on disk,
+resumed after an interruption and after damage, byte for byte; rejections counted by reason; the command's expected
+failures, each in one or two lines with exit status 2, and a corrupt shard rebuilt with a one-line warning.
 """
-import json, os, warnings
+import json, os, re, shutil, warnings
 from pathlib import Path
 
 import numpy as np, pytest, torch, trimesh, yaml
+from fastcore.docments import docments
 
 from cadrecode_nb.programs import random_programs, canonical_program
-from cadrecode_nb.core import START_TOKEN, END_TOKEN, N_POINTS, ConfigError
+from cadrecode_nb.core import START_TOKEN, END_TOKEN, N_POINTS, ConfigError, stable_hash64
 from cadrecode_nb.programs import *
 from cadrecode_nb.points import *
 from cadrecode_nb.dataset import *
-from cadrecode_nb.dataset import _chunk_seed, _read_shard, _shard_codes
+from cadrecode_nb.dataset import _chunk_seed, _read_shard, _shard_codes, _data_parser, _shard_progress
 
 
 # ---------------------------------------------------------------- furthest point sampling
@@ -201,6 +204,42 @@ def test_collator_layout(code_tokenizer):
     assert torch.equal(n1['points'], n2['points']) and not torch.equal(n1['points'], b['points'])
 
 
+# ---------------------------------------------------------------- shards without the sandbox
+
+class BoxPool:
+    "Stands in for CadWorkerPool: `box(a,b,c)` programs are valid parts, equal when their sorted sides are; slices of 2."
+    n_workers = 1
+    def __init__(self): self.runs = []
+    def map(self, codes):
+        self.runs.append(list(codes))
+        return [self.run(c) for c in codes]
+    def run(self, code):
+        from cadrecode_nb.sandbox import ProgramResult
+        m = re.search(r'box\((\d+), *(\d+), *(\d+)\)', code)
+        if m is None: return ProgramResult('syntax', 'not a box')
+        return ProgramResult('ok', extra=dict(points=np.zeros((256, 3), np.uint8),
+                                              geometry_hash=stable_hash64(str(sorted(map(int, m.groups()))))))
+
+
+def test_shard_counts_in_program_order_and_stops_when_full():
+    from cadrecode_nb.dataset import _build_shard
+    stream = ['r=box(1,2,3)', 'r=box(1, 2, 3)', 'r=box(3,2,1)', 'r=sphere(1)', 'r=box(4,5,6)', 'r=box(7,8,9)', 'r=box(9,9,9)']
+    progs, geos, pool = set(), set(), BoxPool()
+    arrays = _build_shard(0, 3, DataConfig(), pool, progs, geos, lambda seed, n: stream)
+    meta = json.loads(arrays['meta'].tobytes())
+    assert _shard_codes(arrays) == ['r=box(1,2,3)', 'r=box(4,5,6)', 'r=box(7,8,9)']
+    assert meta['rejections'] == dict(duplicate_geometry=1, duplicate_program=1, syntax=1) and meta['attempted'] == 6
+    assert len(progs) == 5 and len(geos) == 3                                 # box(9,9,9) ran but was not taken: not seen
+    assert sum(map(len, pool.runs)) == 6                                       # each distinct program run once
+    with pytest.raises(DatasetError, match='10 chunks of programs in a row gave no new valid sample'):
+        _build_shard(1, 3, DataConfig(), BoxPool(), progs, geos, lambda seed, n: stream)
+
+
+def test_split_shares_follow_the_fractions():
+    from cadrecode_nb.dataset import _split_of
+    shares = np.bincount([_split_of(stable_hash64(str(i)), 0.1, 0.2) for i in range(20_000)], minlength=3) / 20_000
+    assert np.allclose(shares, [0.7, 0.1, 0.2], atol=0.01), shares            # train, val, test
+
 # ---------------------------------------------------------------- the dataset on disk (real sandbox)
 
 SMALL = dict(n_samples=30, shard_size=10, vocab_size=300)
@@ -251,8 +290,9 @@ def test_resume_after_interruption_is_byte_identical(reference, tmp_path):
     (d / 'shard_00002.npz').unlink(); (d / 'manifest.json').unlink()
     raw = bytearray((d / 'shard_00000.npz').read_bytes()); raw[len(raw) // 2] ^= 0xFF
     (d / 'shard_00000.npz').write_bytes(bytes(raw))
-    (d / 'shard_00001.npz.abc.tmp').write_bytes(b'half')
-    with pytest.raises(ValueError, match='shard_00000.npz is missing or does not match'): _check_damaged(d, ref_dir)
+    (d / 'shard_00001.npz.abc.tmp').write_bytes(b'half')                   # an older version's temporary file
+    (d / '.shard_00001.npz.x1y2.partial').write_bytes(b'half')             # core.atomic_writer's
+    with pytest.raises(DatasetError, match='shard_00000.npz is missing or does not match'): _check_damaged(d, ref_dir)
     with pytest.warns(UserWarning, match='shard_00000.npz: unreadable shard'):
         write_dataset(d, 'tiny', progress=False, **SMALL)
     assert folder_bytes(d) == folder_bytes(ref_dir)
@@ -271,7 +311,8 @@ def _check_damaged(d, ref_dir):
 
 def test_config_mismatch_and_cli(reference, tmp_path, capsys):
     d, m = reference
-    with pytest.raises(ValueError, match=r"different config \(differs in \['n_points'\]\)"):
+    with pytest.raises(DatasetError, match=r"holds another dataset: shard_00000.npz was written with a different config "
+                                           r"\(differs in \['n_points'\]: n_points=256 there, 128 asked\)"):
         write_dataset(d, 'tiny', progress=False, n_points=128, **SMALL)
     cfg = tmp_path / 'small.yaml'
     cfg.write_text(DataConfig.load('tiny', SMALL).to_yaml())
@@ -282,6 +323,65 @@ def test_config_mismatch_and_cli(reference, tmp_path, capsys):
     with pytest.raises(SystemExit) as e: main(['--config', str(cfg)])
     assert e.value.code == 2 and "unknown key 'n_sampels'" in capsys.readouterr().err
 
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    "`cadrecode_data ARGV` as a shell runs it: (exit status, stdout, stderr)."
+    try: main([str(a) for a in argv]); status = 0
+    except SystemExit as e: status = e.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_cli_expected_failures_end_in_one_line(reference, tmp_path, capsys):
+    "Each expected failure: status 2, nothing on stdout, at most two lines on stderr that name the culprit, no traceback."
+    d, _ = reference
+    cfg = tmp_path / 'same.yaml'; cfg.write_text(DataConfig.load('tiny', SMALL).to_yaml())
+    cases = {("named 'huge'", "choose one of ['small', 'tiny']"): ['--preset', 'huge'],
+             ("'--n-sampels' (did you mean '--n-samples'?)", '--help'): ['--n-sampels', '3'],
+             ("'n_sampels' (did you mean 'n_samples'?)",): ['--set', 'n_sampels=3'],
+             ("'data/small'", 'after --out'): ['data/small'],
+             ('argument --out: expected one argument',): ['--out'],
+             ("config key 'workers' = 0",): ['--workers', '0'],
+             (f"{cfg}/data is not writable", 'choose another'): ['--out', cfg / 'data', '--no-progress'],
+             (f"{d} holds another dataset", "differs in ['seed']", 'delete'): ['--config', cfg, '--out', d, '--seed', 1, '--no-progress']}
+    for culprits, argv in cases.items():
+        status, out, err = cli(capsys, *argv)
+        assert status == 2 and out == '' and err.startswith('cadrecode_data: error: '), (argv, out, err)
+        assert len(err.splitlines()) <= 2 and 'Traceback' not in err and all(c in err for c in culprits), (argv, err)
+
+
+def test_cli_help_lists_every_field_and_the_presets(capsys):
+    status, out, _ = cli(capsys, '--help')
+    flat = ' '.join(out.split())
+    helps = {k: v for k, v in docments(DataConfig).items() if k in DataConfig.keys()}
+    assert status == 0 and set(helps) == set(DataConfig.keys())
+    for k, why in helps.items():   # the option, a real explanation and the default
+        assert len(why.split()) >= 5 and f"--{k.replace('_', '-')}" in flat, k
+        assert f"{' '.join(why.split())} (default: {getattr(DataConfig(), k)!r})" in flat, k
+    assert re.search(r'\n  small +50,000 samples', out) and re.search(r'\n  tiny +300 samples', out)
+    # the README's commands
+    assert cli(capsys, '--preset', 'small', '--n-samples', '3000', '--print-config')[1].startswith('n_samples: 3000\n')
+
+
+def test_cli_rebuilds_a_corrupt_shard_with_a_one_line_warning(reference, tmp_path, capsys):
+    ref_dir, m = reference
+    d = tmp_path / 'copy'; shutil.copytree(ref_dir, d)
+    raw = bytearray((d / 'shard_00001.npz').read_bytes()); raw[len(raw) // 3] ^= 0xFF
+    (d / 'shard_00001.npz').write_bytes(bytes(raw))
+    cfg = tmp_path / 'same.yaml'; cfg.write_text(DataConfig.load('tiny', SMALL).to_yaml())
+    status, out, err = cli(capsys, '--config', cfg, '--out', d, '--no-progress')
+    assert status == 0 and out.strip() == f"{d}: {manifest_summary(m)}"
+    assert re.fullmatch(r"cadrecode_data: warning: \S+/shard_00001\.npz: unreadable shard \(.*\); rebuilding it\n", err), err
+    assert folder_bytes(d) == folder_bytes(ref_dir)
+
+
+def test_progress_bars_say_what_they_count():
+    from fastprogress.fastprogress import master_bar
+    bar = master_bar(range(15))
+    update = _shard_progress(bar, 2, 15, 100); update(40)
+    assert (bar.child.prefix, bar.child.comment, bar.main_bar.comment) == ('shard 3/15', 'samples kept', 'shards')
+    assert bar.child.last_v == 40 and bar.child.total == 100
 
 BOX = "import cadquery as cq\nr=cq.Workplane('XY').box({},{},{})\n"
 HOSTILE = ["import cadquery as cq\nn = 10 ** 10 ** 8\n",                       # computes for minutes -> timeout

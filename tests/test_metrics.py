@@ -1,12 +1,13 @@
-"Metrics (CD, IoU, IR), normalisations, candidate selection and the generate/score files of `cadrecode_nb.eval`."
+"Metrics (CD, IoU, IR), normalisations and candidate selection of `cadrecode_nb.metrics`; the generate/score files of `cadrecode_nb.eval`."
 import json, subprocess, sys, types
 
 import numpy as np
 import pytest
 import trimesh
 
+from cadrecode_nb.metrics import *
 from cadrecode_nb.eval import *
-from cadrecode_nb.eval import score_item, ItemTarget, _NUMBER, _run_unique
+from cadrecode_nb.eval import _NUMBER, _run_unique
 
 
 def _box(size, at=(0, 0, 0)):
@@ -183,7 +184,7 @@ def test_jsonl_roundtrip_and_bad_line(tmp_path):
     write_jsonl(tmp_path / 'x.jsonl', [dict(a=1), dict(b='two')])
     assert read_jsonl(tmp_path / 'x.jsonl') == [dict(a=1), dict(b='two')]
     (tmp_path / 'y.jsonl').write_text('{"a": 1}\n{oops\n')
-    with pytest.raises(ValueError, match=r'y.jsonl:2'): read_jsonl(tmp_path / 'y.jsonl')
+    with pytest.raises(InputError, match=r'y.jsonl:2: not valid JSON'): read_jsonl(tmp_path / 'y.jsonl')
 
 
 def test_generate_step_writes_files(tmp_path, monkeypatch):
@@ -205,12 +206,56 @@ def test_generate_step_writes_files(tmp_path, monkeypatch):
         np.testing.assert_array_equal(z['points'][3], items[3]['points'])
 
 
+def test_generate_progress_moves_per_batch(tmp_path, monkeypatch):
+    "The bar steps once per generate call (a batch of clouds, greedy or sampled), and its comment counts the programs"
+    import fastprogress.fastprogress as fp
+    seen = []
+    class Bar:
+        def __init__(self, jobs): self.jobs, self.comment = list(jobs), ''
+        def __iter__(self):
+            for j in self.jobs: yield j; seen.append(self.comment)
+    monkeypatch.setattr(fp, 'progress_bar', Bar)
+    fake = lambda model, tok, pts, num_candidates=1, **kw: [['r=1'] * num_candidates for _ in pts]
+    monkeypatch.setitem(sys.modules, 'cadrecode_nb.model', types.SimpleNamespace(generate_programs=fake))
+    items = [dict(id=f'i{i}', points=np.zeros((256, 3), np.float32), gt_program='g') for i in range(5)]
+    generate_step(None, None, items, tmp_path, num_candidates=3, greedy_first=True, batch_size=2, progress=True)
+    assert seen == [f'batches; {n} of 15 programs' for n in (2, 6, 8, 12, 13, 15)]
+
+
+def test_mesh_folder_skips_bad_files_with_their_reason(tmp_path):
+    _box((40, 20, 10)).export(tmp_path / 'good.stl')
+    (tmp_path / 'zero.stl').write_bytes(b'')
+    (tmp_path / 'notes.stl').write_text('not a mesh')
+    items = load_eval_inputs(tmp_path)
+    assert [it['id'] for it in items] == ['good'] and items.kind == 'meshes'
+    assert [(s['id'], s['reason']) for s in items.skipped] == [('notes', 'the mesh has no triangles'), ('zero', 'empty file')]
+    with pytest.raises(InputError, match='notes.stl: the mesh has no triangles'): load_eval_inputs(tmp_path, strict=True)
+
+
+def test_plots_say_which_candidate_and_their_units():
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    def recs(cds, k): return [dict(k=k, first=0, picked=0, oracle=0, candidates=[dict(cd=c, iou=.5, n_chars=99)]) for c in cds]
+    for cds, k, title in [(np.geomspace(0.3, 2.5, 50), 1, 'CD, one candidate'),
+                          (np.geomspace(2, 40, 50), 10, 'CD, picked by input among 10')]:
+        fig, ax = plt.subplots(figsize=(5, 3)); plot_cd_histogram(recs(list(cds), k), ax=ax); fig.canvas.draw()
+        assert ax.get_title() == title and 'x1000' in ax.get_xlabel()
+        lo, hi = ax.get_xlim()
+        ticks = [*zip(ax.xaxis.get_majorticklocs(), ax.xaxis.get_majorticklabels()),
+                 *zip(ax.xaxis.get_minorticklocs(), ax.xaxis.get_minorticklabels())]
+        boxes = sorted((t.get_window_extent().x0, t.get_window_extent().x1) for x, t in ticks if t.get_text() and lo <= x <= hi)
+        assert len(boxes) >= 2 and all(b[0] >= a[1] for a, b in zip(boxes, boxes[1:])), boxes   # no two labels overlap
+        plt.close(fig)
+    assert candidate_label('first', 10) == 'first of 10 candidates' and candidate_label('picked', 1) == 'one candidate'
+    assert gallery_title(1.234, 0.83) == 'CD x1000 1.23, IoU 83%' and gallery_title(None, None) == 'CD x1000 -, IoU -'
+
+
 def test_score_step_errors_name_the_file(tmp_path):
     pytest.importorskip('cadrecode_nb.sandbox', reason='sandbox module not exported yet')
-    with pytest.raises(FileNotFoundError, match='generations.jsonl'): score_generations(tmp_path)
+    with pytest.raises(InputError, match='generations.jsonl is missing'): score_generations(tmp_path)
     write_jsonl(tmp_path / 'generations.jsonl', [dict(id='a', programs=['r=1'], gt_program='r=1')])
     np.savez(tmp_path / 'inputs.npz', ids=np.array(['b']), points=np.zeros((1, 256, 3), np.float32))
-    with pytest.raises(ValueError, match="'a' has no input cloud"): score_generations(tmp_path)
+    with pytest.raises(InputError, match="no item can be scored .*generations.jsonl:1: no input cloud"): score_generations(tmp_path)
+    with pytest.raises(InputError, match="generations.jsonl:1: no input cloud"): score_generations(tmp_path, strict=True)
 
 
 def test_eval_imports_without_cadquery():
@@ -254,7 +299,8 @@ def test_score_generations_end_to_end(tmp_path):
     assert rep.timings['n_executed'] == 3  # distinct texts run once: REF[0], REF[1], 'r=('
     assert [r['cd'] for r in again.records] == [r['cd'] for r in rep.records]
     assert len(list((tmp_path / 'cache').glob('*.npz'))) == 2
-    assert [f['id'] for f in rep.gt_failed] == ['badgt']
+    assert [(f['id'], f['step']) for f in rep.skipped] == [('badgt', 'score')] and 'syntax' in rep.skipped[0]['reason']
+    assert rep.summary['n_skipped'] == 1 and read_jsonl(tmp_path / 'skipped.jsonl') == rep.skipped
     assert len(rep.records) == 2
     for r in rep.records:
         assert r['candidates'][0]['status'] == 'syntax' and r['candidates'][0]['cd'] is None
@@ -312,10 +358,10 @@ def test_inputs_from_dataset_split_and_mesh_folder(tmp_path):
     with sandbox.CadWorkerPool(n_workers=2, strict=False) as pool:
         rep = score_generations(tmp_path, pool=pool, plots=False)
     by_id = {r['id']: r for r in rep.records}
-    assert not rep.gt_failed and len(by_id) == len(rows)
+    assert not rep.skipped and len(by_id) == len(rows)
     assert by_id['plate']['picked'] == 0 and by_id['plate']['iou'] > 0.999  # same shape at twice the size: bbox protocol
     assert all(by_id[it['id']]['iou'] > 0.999 for it in items)
-    with pytest.raises(FileNotFoundError, match='neither manifest.json nor mesh files'): load_eval_inputs(_empty(tmp_path))
+    with pytest.raises(InputError, match='neither a dataset'): load_eval_inputs(_empty(tmp_path))
 
 
 def _empty(tmp_path):

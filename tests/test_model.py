@@ -253,3 +253,26 @@ def test_tiny_model_overfits_8_programs_and_regenerates_right_solids():
         assert np.allclose(p_mesh.bounds, g_mesh.bounds, atol=1e-3)
     print(f'120 steps: {train_s:.1f} s wall, {train_cpu:.1f} s CPU; final loss {losses[-1]:.4f}; '
           f'{sum(a == b for a, b in zip(programs, codes))}/8 programs verbatim')
+
+
+def test_importing_the_model_loads_no_data_or_sandbox_code():
+    "The model module stands alone: no trimesh, no CadQuery, no dataset or tokenizer-training code, no sandbox."
+    import subprocess, sys
+    heavy = ('trimesh', 'cadquery', 'cadrecode_nb.sandbox', 'cadrecode_nb.dataset', 'cadrecode_nb.points',
+             'cadrecode_nb.programs', 'matplotlib')
+    code = f"import sys, cadrecode_nb.model; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]', out
+
+
+def test_no_deprecated_cache_argument_reaches_transformers():
+    "Training and generation pass the KV cache under the name this transformers expects (no FutureWarning)."
+    import warnings
+    torch.manual_seed(0)
+    model = CADRecode(tiny_config(64, num_hidden_layers=1, hidden_size=32, intermediate_size=64)).eval()
+    clouds = torch.rand(2, 256, 3) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', FutureWarning)
+        generate_token_ids(model, clouds, 1, 2, max_new_tokens=4)
+        from cadrecode_nb.model import greedy_decode_static
+        greedy_decode_static(model, clouds, 1, 2, max_new_tokens=4)

@@ -3,7 +3,7 @@ train/generate half that runs without CadQuery (as on the GPU machine) with scor
 
 One miniature run (60 samples, a one-layer model, 3 test parts x 2 candidates) is shared by the tests of this module.
 """
-import json, os, subprocess, sys, re
+import json, subprocess, sys, re
 from pathlib import Path
 
 import pytest
@@ -55,8 +55,9 @@ def mtimes(folder):
 def test_train_generate_without_cadquery_then_score_report(run_dir):
     run = ReproduceRun(run_dir, ReproducePreset(num_candidates=2))
     assert all(run.is_done(s) for s in STAGES)
-    assert (run_dir / 'model' / 'config.json').exists() and not (run_dir / 'train' / 'model').exists()
-    assert all(f.stat().st_size <= 16 * 2**20 for f in (run_dir / 'model').iterdir())
+    assert (run_dir / 'train' / 'model' / 'config.json').exists() and not (run_dir / 'model').exists()   # exported once
+    assert all(f.stat().st_size <= 16 * 2**20 for f in (run_dir / 'train' / 'model').iterdir())
+    assert run.record('train')['info']['model_files'] == len(list((run_dir / 'train' / 'model').iterdir()))
     assert sorted(p.name for p in (run_dir / 'score').iterdir()) == ['greedy', 'k2']
     machines = {run.record(s)['machine']['host'] for s in STAGES}
     assert machines   # each marker says where its stage ran
@@ -107,9 +108,9 @@ def test_interrupted_stage_is_redone(tmp_path, data_dir, capsys):
     assert run.record('train')['info']['steps'] == 12
     # a stage killed before its marker (here: the marker removed) runs again; the others stay skipped
     run.marker('train').unlink()
-    (out / 'model').rename(out / 'model_gone')   # as if killed before the export finished
+    (out / 'train' / 'model').rename(out / 'model_gone')   # as if killed before the export finished
     run_reproduction(out, preset_for(data_dir), stages='data,train', progress=False)
-    assert run.is_done('train') and (out / 'model' / 'config.json').exists()
+    assert run.is_done('train') and (out / 'train' / 'model' / 'config.json').exists()
 
 
 def test_clear_errors(tmp_path, data_dir, capsys):
@@ -129,3 +130,39 @@ def test_clear_errors(tmp_path, data_dir, capsys):
     assert 'generations.jsonl' in err and "'generate'" in err
     with pytest.raises(SystemExit) as e: main(['--set', 'n_tset=3', '--out', str(tmp_path / 'x')])
     assert "'n_tset'" in capsys.readouterr().err
+
+
+def test_report_is_rendered_from_the_template(run_dir, data_dir, tmp_path, monkeypatch):
+    "write_report fills the package's template: another template file gives another report, from the same run folder"
+    import cadrecode_nb.reproduce as rp
+    (tmp_path / 'report.md.j2').write_text('{{ preset.name }}: {{ n_items }} parts, k={{ k }}, {{ skipped|length }} skipped\n'
+                                           '{% for lines in failures %}{{ lines[0] }}\n{% endfor %}')
+    monkeypatch.setattr(rp, 'template_dir', lambda: tmp_path)
+    run = ReproduceRun(run_dir, preset_for(data_dir))
+    md = write_report(run, progress=False).read_text()
+    n = json.loads((run_dir / 'score' / 'k2' / 'summary.json').read_text())['first']['n']
+    assert md.startswith(f'mini: {n} parts, k=2, 0 skipped\n- **greedy**: ') and '- **k2**: ' in md
+    monkeypatch.undo()
+    skipped = run_dir / 'score' / 'k2' / 'skipped.jsonl'
+    skipped.write_text(json.dumps(dict(id='test-9', source='item test-9', reason='ground truth: no volume', step='score')) + '\n')
+    try: assert 'Left out: 1 test part(s) whose ground truth' in write_report(run, progress=False).read_text()
+    finally: skipped.write_text('')
+    write_report(run, progress=False)   # the shipped template again, for the other tests
+
+
+def test_generate_side_prints_no_warning(tmp_path, data_dir):
+    "The GPU half from a fresh interpreter, warnings filtered as by default: none comes from this kit's code paths"
+    code = ("import warnings, sys; sys.modules['cadquery'] = None\n"
+            "from cadrecode_nb.reproduce import main\n"
+            f"main({['--out', str(tmp_path / 'run'), '--data-dir', str(data_dir), '--stages', 'data,train,generate', '--no-progress', *sets(['train_kw.steps=4', 'train_kw.save_every=0'])]!r})\n")
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    warned = [l for l in p.stderr.splitlines() if 'Warning' in l and 'past_key_values' not in l]   # that one is the model's
+    assert warned == [], warned
+
+
+def test_run_folder_made_before_the_single_export(tmp_path):
+    "A run folder from before the trainer exported the travelling form itself keeps its <out>/model"
+    assert ReproduceRun(tmp_path / 'new', ReproducePreset()).model_dir == tmp_path / 'new' / 'train' / 'model'
+    (tmp_path / 'old' / 'model').mkdir(parents=True); (tmp_path / 'old' / 'model' / 'config.json').write_text('{}')
+    assert ReproduceRun(tmp_path / 'old', ReproducePreset()).model_dir == tmp_path / 'old' / 'model'

@@ -8,16 +8,17 @@ bounded and harmless (it writes a small file into a temporary directory, reads a
 this test's own listeners, sends signal 0); attacks that are unbounded by nature (a fork bomb, an infinite loop) are
 only run where the policy or a limit stops them.
 """
-import gc, os, signal, threading, time
+import gc, os, signal, subprocess, sys, threading, time
 
 import numpy as np
 import psutil
 import pytest
 
 from cadrecode_nb.programs import random_programs
-from cadrecode_nb.sandbox import (CADQUERY_API, RUNTIME_LAYERS, SANDBOX_LAYERS, STATUSES, AttackTargets, CadWorkerPool,
-                                  ProgramResult, SandboxWarning, attack_programs, check_program,
-                                  landlock_abi, run_attacks, run_programs)
+from cadrecode_nb.confinement import (CADQUERY_API, AttackTargets, SandboxWarning, attack_programs, check_policy,
+                                      landlock_abi)
+from cadrecode_nb.sandbox import (RUNTIME_LAYERS, SANDBOX_LAYERS, STATUSES, CadWorkerPool, ProgramResult,
+                                  check_program, run_attacks, run_programs)
 
 BOX = "import cadquery as cq\nr = cq.Workplane('XY').box(10, 20, 30)"
 EXAMPLE_A = """import cadquery as cq
@@ -109,6 +110,20 @@ def test_allowed_programs_pass_policy():
     for code in [BOX, EXAMPLE_A, "from cadquery import Workplane, Sketch\nimport math\n"
                  "r = Workplane('XY').box(1, 1, math.sqrt(2)).union(Workplane('XY').box(2, 1, 1))\nr = r.val()"]:
         assert check_program(code) is None, check_program(code)
+
+def test_check_program_is_the_policy_verdict():
+    "The sandbox's result carries confinement's verdict unchanged; only a refusal by the rules names the policy layer."
+    codes = [BOX, "r = (1,", None, "import os", "r = eval('1')", *static_attacks('x').values()]
+    for code in codes:
+        verdict, res = check_policy(code), check_program(code)
+        if verdict is None: assert res is None, (code, res)
+        else: assert (res.status, res.message, res.layer) == (*verdict, 'policy' if verdict[0] == 'forbidden' else ''), code
+
+def test_confinement_stands_without_the_pool():
+    "The layers do not import the pool that runs programs behind them (no import cycle, no cadquery in the parent)."
+    check = ("import sys, cadrecode_nb.confinement as c; c.check_policy('r = 1'); "
+             "assert not {'cadrecode_nb.sandbox', 'cadquery'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, '-c', check], check=True)
 
 def test_every_generated_program_passes_policy():
     refused = [(code, res.message) for code in random_programs(seed=0, n=1000) if (res := check_program(code))]

@@ -1,4 +1,5 @@
-"""Trainer: exact resume, checkpoints that survive SIGKILL, corrupt-checkpoint fallback, DDP over gloo, guards, CLI.
+"""Trainer: exact resume, checkpoints that survive SIGKILL, corrupt-checkpoint fallback, DDP over gloo, guards, CLI,
+training longer, early stopping, the exported model, step times without pauses.
 
 Everything runs on CPU with a one-layer Qwen2 (hidden 32) on in-memory data: random point clouds paired with
 programs from the kit's generator (the trainer does not care whether they match), so no sandbox is needed.
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import numpy as np, pytest, torch
 
-from cadrecode_nb.core import config_dir
+from cadrecode_nb.core import ConfigError, config_dir
 from cadrecode_nb.trainer import *
+from cadrecode_nb.run_parts import *
+from cadrecode_nb.speed import *
 from cadrecode_nb.checkpoints import *
 from cadrecode_nb.dataset import train_code_tokenizer
 from cadrecode_nb.points import add_point_noise
@@ -40,7 +43,7 @@ def tok_dir(tmp_path_factory, data):
 def micro_cfg(tok_dir, out_dir, **kw):
     base = dict(model='tiny', model_kw=MICRO_MODEL, tokenizer=str(tok_dir), steps=8, batch_size=4, micro_batch_size=2,
                 lr=1e-2, warmup_steps=2, min_lr_ratio=0.1, val_every=3, val_batches=2, save_every=3, keep_last=2,
-                out_dir=str(out_dir), progress=False, log_every=1, record_indices=True, export=False, device='cpu',
+                out_dir=str(out_dir), progress=False, log_every=1, record_indices=True, export='none', device='cpu',
                 peak_flops=1e12)
     return TrainConfig(**{**base, **kw})
 
@@ -195,6 +198,42 @@ def test_ddp_two_processes_gloo_then_resume_in_one(tmp_path, data, tok_dir):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=k)
 
 
+STOP_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    from test_trainer import make_data
+    from cadrecode_nb.trainer import TrainConfig, train, cleanup_distributed
+    data, rank, folder = make_data(), os.environ['RANK'], sys.argv[3]
+    cfg = TrainConfig(**json.loads(open(sys.argv[2]).read()))
+    open(f'{folder}/pid{rank}', 'w').write(str(os.getpid()))
+    res = train(cfg, train_ds=data[:32], val_ds=data[32:], report=lambda *a, **k: None)
+    open(f'{folder}/done{rank}', 'w').write(json.dumps(dict(step=res.step, stopped=res.stopped)))
+    cleanup_distributed()
+""")
+
+
+def test_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tok_dir):
+    "SIGTERM to rank 1 alone (2 CPU processes, gloo): both ranks stop after the same step, and rank 0 checkpoints it."
+    cfg = micro_cfg(tok_dir, tmp_path / 'run', steps=2000, val_every=0, save_every=0, log_every=1)
+    (tmp_path / 'cfg.json').write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / 'stop.py').write_text(STOP_SCRIPT)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           str(tmp_path / 'stop.py'), str(Path(__file__).parent), str(tmp_path / 'cfg.json'), str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    history, t0 = tmp_path / 'run' / 'history.jsonl', time.time()
+    while not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()
+        time.sleep(0.05)
+    os.kill(int((tmp_path / 'pid1').read_text()), signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    done = [json.loads((tmp_path / f'done{r}').read_text()) for r in (0, 1)]
+    assert done[0]['step'] == done[1]['step'] < 2000, done
+    assert (done[0]['stopped'], done[1]['stopped']) == ('stop request', 'SIGTERM')
+    assert load_checkpoint(tmp_path / 'run' / 'checkpoints' / 'last.pt')['step'] == done[0]['step']
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 class _Faulty(torch.nn.Module):
     "Wraps a model; the forward returns a NaN loss on chosen calls, or raises an out-of-memory error."
@@ -224,7 +263,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, data, tok_dir):
     assert all(torch.isfinite(p).all() for p in m.parameters())
     assert [r['nan_skipped'] for r in res.records if r['kind'] == 'train'] == [0, 1, 1, 2, 2, 2]
     cfg = micro_cfg(tok_dir, tmp_path / 'b', micro_batch_size=4, steps=6, max_nan_streak=2, save_every=0, val_every=0)
-    with pytest.raises(FloatingPointError, match='2 non-finite'):
+    with pytest.raises(TrainingError, match='2 non-finite'):
         run(cfg, data, model=_Faulty(_inner(tok_dir), nan_calls={3, 4}))
 
 
@@ -236,7 +275,7 @@ def test_out_of_memory_names_what_to_lower(tmp_path, data, tok_dir):
 
 # ---------------------------------------------------------------------------------------------------------------------
 def test_shipped_configs_and_cli(tmp_path, capsys):
-    for name in ('paper', 'tiny', 'small'):
+    for name in ('paper', 'tiny', 'small', 'cpu'):
         cfg = TrainConfig.load(name)
         assert TrainConfig.from_yaml(config_dir() / f'train_{name}.yaml') == cfg
     paper = TrainConfig.load('paper')
@@ -404,4 +443,73 @@ def test_count_skip_streak():
     c = dict(skipped=0, streak=0)
     assert [count_skip(s, c, 3, i) for i, s in enumerate([True, True, False, True, True, False])] == [False, False, True, False, False, True]
     assert c == dict(skipped=4, streak=0)
-    with pytest.raises(FloatingPointError, match='3 non-finite'): [count_skip(True, c, 3, i) for i in range(3)]
+    with pytest.raises(TrainingError, match='3 non-finite'): [count_skip(True, c, 3, i) for i in range(3)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training longer, early stopping, the exported model, step times (issue 17/16 features)
+
+def test_training_longer_is_the_planned_run(tmp_path, data, tok_dir):
+    """A finished 6-step run extended to 9 with schedule_steps=6 equals a 9-step run planned with schedule_steps=6:
+    the same cosine for 6 steps, then its floor; raising steps alone is refused, naming what works."""
+    kw = dict(projector_lr=3e-2, micro_batch_size=4, val_every=0, save_every=0)
+    planned = run(micro_cfg(tok_dir, tmp_path / 'planned', steps=9, schedule_steps=6, **kw), data)
+    first = run(micro_cfg(tok_dir, tmp_path / 'ext', steps=6, **kw), data)
+    assert first.finished and first.step == 6
+    with pytest.raises(CheckpointError, match='set schedule_steps=6 too'):
+        run(micro_cfg(tok_dir, tmp_path / 'ext', steps=9, **kw), data)
+    extended = run(micro_cfg(tok_dir, tmp_path / 'ext', steps=9, schedule_steps=6, **kw), data)
+    for key in ('loss', 'lrs', 'indices', 'grad_norm'):
+        assert train_rows(extended, key) == train_rows(planned, key), key
+    assert_same_weights(extended.model, planned.model)
+    assert [closed_form_lr(s, 1e-2, 2, 6, 0.1) for s in range(6)] == pytest.approx(train_rows(extended, 'lr')[:6], rel=1e-12, abs=1e-18)
+    assert train_rows(extended, 'lr')[6:] == pytest.approx([1e-2 * 0.1] * 3, rel=1e-12)
+    with pytest.raises(ConfigError, match='min_lr_ratio > 0'):
+        micro_cfg(tok_dir, tmp_path, steps=9, schedule_steps=6, min_lr_ratio=0.0)
+
+
+def test_early_stopping_stops_finishes_and_resumes_stopped(tmp_path, data, tok_dir):
+    "Patience 2 with an improvement that never counts: stops after the 3rd validation; finished, exported; a rerun stays."
+    cfg = micro_cfg(tok_dir, tmp_path / 'e', val_every=2, save_every=0, early_stop_patience=2, early_stop_min_delta=1e3,
+                    export='last')
+    res = run(cfg, data)
+    assert (res.step, res.stopped, res.finished) == (6, 'early stop', True)
+    assert res.exported == tmp_path / 'e' / 'model' and (res.exported / 'config.json').exists()
+    assert load_checkpoint(res.checkpoint)['early'] == dict(value=[r for r in res.records if r['kind'] == 'val'][0]['val_loss'], stale=2)
+    again = run(cfg, data)
+    assert (again.step, again.stopped) == (6, 'early stop') and train_rows(again, 'loss') == train_rows(res, 'loss')
+    more = run(micro_cfg(tok_dir, tmp_path / 'e', val_every=2, save_every=0, early_stop_patience=3,
+                         early_stop_min_delta=1e3, export='last'), data)      # more patience: it goes on
+    assert (more.step, more.stopped) == (8, 'early stop')
+
+
+def test_export_best_writes_the_weights_of_best_pt(tmp_path, data, tok_dir):
+    "export=best: the exported folder holds best.pt's weights (EMA's), in bf16; export=last the last EMA weights."
+    from cadrecode_nb.model import CADRecode
+    kw = dict(ema_decay=0.5, best_mode='max', val_every=2, save_every=0, export_dtype='bf16')   # max: the first val is best
+    best = run(micro_cfg(tok_dir, tmp_path / 'b', export='best', **kw), data)
+    last = run(micro_cfg(tok_dir, tmp_path / 'l', export='last', **kw), data)
+    assert best.best['step'] == 2
+    ck = lambda d, name: checkpoint_weights(load_checkpoint(tmp_path / d / 'checkpoints' / name))
+    for folder, want in ((best.exported, ck('b', 'best.pt')), (last.exported, ck('l', 'last.pt'))):
+        got = CADRecode.from_pretrained(folder).state_dict()
+        for k, v in want.items():
+            if k in got: assert torch.equal(got[k], v.to(got[k].dtype)), k
+    up = 'model.layers.0.mlp.up_proj.weight'
+    assert CADRecode.from_pretrained(best.exported).state_dict()[up].dtype == torch.bfloat16
+    assert not torch.equal(ck('b', 'best.pt')[up], ck('b', 'last.pt')[up])
+
+
+def test_step_times_leave_pauses_out(tmp_path, data, tok_dir):
+    """A tiny run that validates, evaluates (an evaluator that takes 0.5 s) and checkpoints after every 2nd step: in its
+    history.jsonl no step's time holds a pause, the pauses are recorded apart, and no tokens/s is 3x the median."""
+    slow = lambda model, tokenizer, step: time.sleep(0.5) or {}
+    threads = torch.get_num_threads(); torch.set_num_threads(1)   # one thread: no OpenMP stalls on a shared, busy CPU
+    try: run(micro_cfg(tok_dir, tmp_path / 't', steps=12, val_every=2, save_every=2, eval_every=2), data, evaluator=slow)
+    finally: torch.set_num_threads(threads)
+    hist = read_history(tmp_path / 't' / 'history.jsonl')
+    steps, pauses = [r for r in hist if r['kind'] == 'train'], [r for r in hist if r['kind'] == 'pause']
+    assert [p['step'] for p in pauses] == [2, 4, 6, 8, 10, 12] and all(p['pause_s'] >= 0.5 for p in pauses), pauses
+    assert len(steps) == 12 and all(0 < r['step_s'] < 0.5 for r in steps), [r['step_s'] for r in steps]
+    tps = [r['tokens_per_s'] for r in steps]
+    assert max(tps) < 3 * np.median(tps), tps

@@ -226,9 +226,12 @@ def train_code_tokenizer(codes:Iterable[str], # training corpus: programs
 
 # %% ../nbs/00d_dataset.ipynb #cdb03deb
 def load_tokenizer(name_or_path='Qwen/Qwen2-1.5B') -> 'PreTrainedTokenizerFast':
-    "Qwen2's tokenizer (Hub name) or one saved by `train_code_tokenizer` (folder); checks the special tokens."
+    "Qwen2's tokenizer ('qwen2': built offline; or a Hub name) or a saved one (folder); checks the special tokens."
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if str(name_or_path) == 'qwen2':   # the name, never a folder: `./qwen2` names a folder
+        from cadrecode_nb.tokenizer import qwen2_tokenizer   # here: the tokenizer module imports this one
+        tok = qwen2_tokenizer()
+    else: tok = AutoTokenizer.from_pretrained(str(name_or_path))
     vocab = tok.get_vocab()   # not the unk-id test: Qwen2's tokenizer class uses END itself as its unknown token
     missing = [t for t in (START_TOKEN, END_TOKEN) if t not in vocab]
     if missing: raise ValueError(f"tokenizer {name_or_path} lacks the special token(s) {missing}")

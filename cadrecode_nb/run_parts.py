@@ -28,7 +28,7 @@ class _ModelKeys:
     "TrainConfig keys: the model and the data."
     model: str = 'tiny'                 # 'tiny' (tiny_config), 'qwen2-1.5b' (random init, real shapes) or a HF name/path
     model_kw: dict = field(default_factory=dict)  # overrides of the model's Qwen2Config (tiny_config, qwen2_1_5b_config, from_pretrained)
-    tokenizer: str = ''                 # HF name or folder; '' = the dataset's own offline tokenizer
+    tokenizer: str = ''                 # 'qwen2' (Qwen2's, built offline), HF name or folder; '' = the dataset's own
     data_dir: str = 'data/tiny'         # a dataset written by `cadrecode_data` (manifest.json + shards)
     build_data: str = ''                # DataConfig preset to build into data_dir when it is missing ('' = refuse)
     data_kw: dict = field(default_factory=dict)   # DataConfig overrides for that build, e.g. {n_samples: 120}

@@ -17,7 +17,7 @@ from transformers import AutoConfig
 from fastprogress.fastprogress import progress_bar
 
 from .core import (
-    ConfigError, check_writable, config_dir, config_from_args, config_parser, error_message,
+    ConfigError, KitError, check_writable, config_dir, config_from_args, config_parser, error_message,
     parse_command_line, resolve_device, run_command)
 from .model import CADRecode, tiny_config, qwen2_1_5b_config, use_attention, to_device
 from .dataset import load_tokenizer, PointCodeCollator, CADRecodeDataset
@@ -79,9 +79,9 @@ def open_dataset(cfg:TrainConfig, dinfo:DistInfo=DistInfo(), report:Callable=pri
 def open_tokenizer(name_or_path):
     "`load_tokenizer`, with a ConfigError naming the key when it cannot be loaded."
     try: return load_tokenizer(name_or_path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KitError) as e:   # KitError: e.g. 'qwen2' without the package of its ranks
         raise ConfigError(f"config key 'tokenizer' = {str(name_or_path)!r}: cannot load it ({error_message(e, 1)}); give "
-                          f"a folder or a HF name this machine can reach, or '' for the dataset's own") from None
+                          f"a folder, a HF name this machine can reach, 'qwen2' (built offline) or '' for the dataset's own") from None
 
 # %% ../nbs/03_trainer.ipynb #a1c70009
 def plain_train(cfg:TrainConfig, model:CADRecode, tokenizer, dataset, report:Callable=print) -> list[dict]:

@@ -17,10 +17,11 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import master_bar, progress_bar
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .core import (START_TOKEN, END_TOKEN, N_POINTS, Config, KitError, atomic_write,
+from .core import (START_TOKEN, END_TOKEN, N_POINTS, Config, ConfigError, KitError, atomic_write,
                                atomic_writer, check_writable, config_dir, config_from_args, config_parser,
                                parse_command_line, run_command, stable_hash64)
-from .programs import GENERATOR_VERSION, random_programs, canonical_program
+from .programs import generator_version, random_programs
+from .program_features import canonical_program
 from .points import sample_point_cloud, geometry_hash, quantize_points, dequantize_points, add_point_noise
 from .sandbox import CadWorkerPool
 
@@ -62,6 +63,7 @@ class DataConfig(Config):
     geometry_decimals: int = 3      # decimals of the geometry signature that spots duplicate parts (fewer: more equal)
     vocab_size: int = 1024          # size of the offline BPE tokenizer trained on the train split (>= 259)
     workers: int | None = None      # sandbox worker processes (None: one per core); changes speed, never the data
+    generator: str = '2'            # program generator: '2' (parts of separate bodies, like the v1.5 data) or '1' (older datasets)
     preset_file = 'data_{}.yaml'
 
     def validate(self):
@@ -71,6 +73,7 @@ class DataConfig(Config):
         self.need(self.val_fraction + self.test_fraction < 1, 'test_fraction', 'val_fraction + test_fraction must be < 1')
         self.need(self.vocab_size >= 259, 'vocab_size', 'must be >= 259 (256 bytes and 3 special tokens)')
         self.need(self.workers is None or self.workers > 0, 'workers', 'must be > 0 or None (all cores)')
+        self.need(str(self.generator).strip() in ('1', '2', '1.0', '2.0'), 'generator', "must be '1' or '2'")
 
 # %% ../nbs/00d_dataset.ipynb #a28064fa
 DATASET_FORMAT = 'cadrecode_nb-shards-1'
@@ -78,8 +81,8 @@ DATASET_FORMAT = 'cadrecode_nb-shards-1'
 @patch
 def fingerprint(self: DataConfig) -> dict:
     "The fields that determine the bytes of the shards (all but `n_samples`, `workers` and `vocab_size`)."
-    fp = {k: v for k, v in self.to_dict().items() if k not in ('n_samples', 'workers', 'vocab_size')}
-    return fp | dict(generator_version=GENERATOR_VERSION, format=DATASET_FORMAT)
+    fp = {k: v for k, v in self.to_dict().items() if k not in ('n_samples', 'workers', 'vocab_size', 'generator')}
+    return fp | dict(generator_version=generator_version(self.generator), format=DATASET_FORMAT)
 
 # %% ../nbs/00d_dataset.ipynb #06c81140
 def _write_npz(f, arrays:dict):
@@ -249,9 +252,9 @@ def _make_manifest(cfg:DataConfig, entries:list) -> dict:
                            sha256=hashlib.sha256(path.read_bytes()).hexdigest(), chunks=a['meta']['chunks']))
     total = sum(s['bytes'] for s in shards)
     n = sum(s['n_samples'] for s in shards)
-    return dict(format=DATASET_FORMAT, generator_version=GENERATOR_VERSION,
+    return dict(format=DATASET_FORMAT, generator_version=generator_version(cfg.generator),
                 config={k: v for k, v in dataclasses.asdict(cfg).items() if k != 'workers'},
-                seeds=f"programs of shard s, chunk c: random_programs(SeedSequence([{cfg.seed}, s, c]).generate_state(1)[0], n)",
+                seeds=f"programs of shard s, chunk c: random_programs(SeedSequence([{cfg.seed}, s, c]).generate_state(1)[0], n, version='{generator_version(cfg.generator)}')",
                 n_samples=n, counts={k: counts[k] for k in SPLITS},
                 attempted=sum(a['meta']['attempted'] for _, a in entries), rejections=dict(sorted(rejections.items())),
                 points=dict(n_points=cfg.n_points, dtype='uint8', decode='x = q / 127.5 - 1', step=2 / 255),
@@ -294,6 +297,10 @@ def _check_same_dataset(out:Path, path:Path, arrays:dict, fp:dict):
         raise DatasetError(f"{out} holds a copy derived from another dataset ({arrays['meta']['derived']}), not one to "
                            f"extend; choose another output folder")
     theirs = arrays['meta']['fingerprint']
+    if theirs.get('generator_version') != fp['generator_version']:
+        raise ConfigError(f"{out} was written by generator {theirs.get('generator_version')}, and this config asks for generator "
+                          f"{fp['generator_version']}: set generator={theirs.get('generator_version', '?')[:1]} (--generator) to resume it, "
+                          f"or choose another output folder")
     diff = sorted(k for k in fp.keys() | theirs.keys() if fp.get(k) != theirs.get(k))
     if diff:
         values = ', '.join(f"{k}={theirs.get(k)!r} there, {fp.get(k)!r} asked" for k in diff[:3])
@@ -317,7 +324,8 @@ def _start_pool(cfg:DataConfig, stack:ExitStack, timings:dict) -> CadWorkerPool:
                           decimals=cfg.geometry_decimals, seed=cfg.seed)
     pool = stack.enter_context(CadWorkerPool(n_workers=cfg.workers, timeout=cfg.timeout, memory_mb=cfg.memory_mb,
                                              tolerance=cfg.tolerance, angular_tolerance=cfg.angular_tolerance,
-                                             strict=True, postprocess=postprocess))
+                                             strict=True, single_solid=generator_version(cfg.generator) == '1.0',
+                                             postprocess=postprocess))
     timings['pool_start'] += time.perf_counter() - t
     return pool
 
@@ -354,7 +362,7 @@ def _write_shards(out:Path, cfg:DataConfig, program_source:Callable, progress:bo
 def write_dataset(out_dir, # folder of the dataset (created; an existing one is resumed)
                   config:DataConfig|str='tiny', # a DataConfig, a preset name or a YAML path
                   progress:bool=True, # show progress bars: shards, and samples kept in the current shard
-                  program_source:Callable|None=None, # (seed, n) -> programs; default: the generator's `random_programs`
+                  program_source:Callable|None=None, # (seed, n) -> programs; default: `random_programs` of the config's generator
                   timings:dict|None=None, # filled with wall-clock seconds per phase, if given
                   **overrides, # DataConfig fields, e.g. n_samples=40
                  ) -> dict: # the manifest
@@ -362,7 +370,8 @@ def write_dataset(out_dir, # folder of the dataset (created; an existing one is 
     cfg = DataConfig.load(config, overrides) if isinstance(config, str) else config.with_overrides(overrides)
     out, timings = _prepare_folder(out_dir, cfg), {} if timings is None else timings
     t0 = time.perf_counter(); timings.update(pool_start=0.0, shards=0.0, tokenizer=0.0)
-    entries = _write_shards(out, cfg, program_source or random_programs, progress, timings)
+    program_source = program_source or partial(random_programs, version=generator_version(cfg.generator))
+    entries = _write_shards(out, cfg, program_source, progress, timings)
     extra = sorted(p.name for p in out.glob('shard_*.npz') if int(p.stem.split('_')[1]) >= len(entries))
     if extra: warnings.warn(f"{out}: shards {extra} are beyond n_samples={cfg.n_samples} and not part of this dataset")
     t = time.perf_counter()

@@ -437,19 +437,24 @@ def generate_programs(model: CADRecode, tokenizer,
                       num_candidates: int = 1,      # programs per cloud; > 1 needs do_sample
                       do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                       max_new_tokens: int = 768,
-                      batch_size: int = 16,         # clouds per `generate` call
+                      batch_size: int = 16,         # clouds per decoding call
+                      fast: bool | None = None,     # `sampling.shared_prompt_decode` (default: on a GPU); else `generate`
+                      seed: int | None = None,      # fast path: the sampling seed of the first batch (+1 per batch)
                      ) -> list[list[str]]:          # B lists of num_candidates programs
-    "CadQuery programs for a batch of point clouds: greedy (graphed on a GPU) or sampled, with a KV cache, decoded to text."
+    "CadQuery programs for a batch of point clouds, greedy or sampled, decoded to text: the shared-prompt decoder on a GPU, `generate` otherwise."
     points = torch.as_tensor(points, dtype=torch.float32)
     if points.ndim != 3 or points.shape[-1] != 3: raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
     start_id, end_id = (tokenizer.convert_tokens_to_ids(t) for t in (START_TOKEN, END_TOKEN))
+    fast = model.device.type == 'cuda' if fast is None else fast
+    if fast: from cadrecode_nb.sampling import shared_prompt_decode   # the next notebook's module builds on this one
     programs = []
-    graphed = not do_sample and model.device.type == 'cuda'   # greedy on a GPU: the CUDA-graphed loop
-    for i in range(0, len(points), batch_size):
+    for b, i in enumerate(range(0, len(points), batch_size)):
         chunk = points[i:i + batch_size]
-        if graphed:   # a short last chunk is padded to `batch_size` so that it replays the same graph
+        if fast:   # a short last chunk is padded to `batch_size` so that it reuses the decoder and its graphs
             n = len(chunk); chunk = torch.cat([chunk, chunk[:1].expand(batch_size - n, -1, -1)])
-            ids = greedy_decode_static(model, chunk, start_id, end_id, tokenizer.pad_token_id, max_new_tokens)[:n]
+            ids = shared_prompt_decode(model, chunk, start_id, end_id, tokenizer.pad_token_id, num_candidates, do_sample,
+                                       temperature, top_p, max_new_tokens,
+                                       seed=None if seed is None else seed + b)[:n * num_candidates]
         else:
             ids = generate_token_ids(model, chunk, start_id, end_id, tokenizer.pad_token_id,
                                      num_candidates, do_sample, temperature, top_p, max_new_tokens)

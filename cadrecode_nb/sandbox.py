@@ -80,7 +80,41 @@ def _is_valid_solid(shape) -> bool:
     return all(s.Volume() > 0 and all(BRep_Tool.IsClosed_s(sh.wrapped) for sh in s.Shells()) for s in solids)
 
 # %% ../nbs/00b_sandbox.ipynb #6a860642
-def _check_shape(r, strict: bool, tolerance: float, angular_tolerance: float):
+SOLID_GAP = 1e-3   # strict mode: two solids of a part closer than this (model units) touch, overlap or nest
+
+def _solid_flaw(solid) -> str:
+    "Why `solid` is not a valid, closed solid of positive volume ('' when it is)."
+    from OCP.BRep import BRep_Tool
+    if not solid.isValid(): return 'fails OCCT BRepCheck (isValid() is False)'
+    if not solid.Volume() > 0: return f'has volume {solid.Volume():.3g}'
+    if not all(BRep_Tool.IsClosed_s(sh.wrapped) for sh in solid.Shells()): return 'has an open shell'
+    return ''
+
+def _solids_meeting(solids, gap: float = SOLID_GAP) -> str:
+    "Which two solids touch, overlap or nest ('' when every pair is at least `gap` apart)."
+    boxes = [s.BoundingBox() for s in solids]
+    far = lambda a, b: (a.xmin > b.xmax + gap or b.xmin > a.xmax + gap or a.ymin > b.ymax + gap or b.ymin > a.ymax + gap
+                        or a.zmin > b.zmax + gap or b.zmin > a.zmax + gap)
+    for j in range(len(solids)):
+        for i in range(j):
+            if not far(boxes[i], boxes[j]) and solids[i].distance(solids[j]) < gap:
+                return f'solids {i} and {j} of {len(solids)} touch, overlap or nest (closer than {gap:g})'
+    return ''
+
+# %% ../nbs/00b_sandbox.ipynb #886bb43f
+def _strict_solids(objects, single_solid: bool):
+    "The part's solids as one shape, or an error text: every solid valid and closed, no two meeting (and one, if asked)."
+    import cadquery as cq
+    solids = [s for o in objects if isinstance(o, cq.Shape) for s in o.Solids()]
+    if not solids: return None, 'no solid (strict mode needs at least one)'
+    if single_solid and len(solids) != 1: return None, f'{len(solids)} solids (single_solid needs exactly one)'
+    for k, s in enumerate(solids):
+        if flaw := _solid_flaw(s): return None, ('the solid ' if len(solids) == 1 else f'solid {k} of {len(solids)} ') + flaw
+    if meeting := _solids_meeting(solids): return None, meeting
+    return (solids[0] if len(solids) == 1 else cq.Compound.makeCompound(solids)), ''
+
+# %% ../nbs/00b_sandbox.ipynb #148d893e
+def _check_shape(r, strict: bool, tolerance: float, angular_tolerance: float, single_solid: bool = False):
     "Turn the program's `r` into (status, message, shape, trimesh, valid_solid) by the evaluation or the strict protocol."
     import cadquery as cq
     empty = lambda why: ('empty', why, None, None, None)
@@ -92,11 +126,8 @@ def _check_shape(r, strict: bool, tolerance: float, angular_tolerance: float):
     elif isinstance(r, cq.Shape): shape, objects = r, [r]
     else: return empty(f'r is a {type(r).__name__}, not a Workplane or Shape')
     if strict:
-        solids = [s for o in objects if isinstance(o, cq.Shape) for s in o.Solids()]
-        if len(solids) != 1: return 'invalid_solid', f'{len(solids)} solids (strict mode needs exactly one)', None, None, None
-        shape = solids[0]
-        if not shape.isValid(): return 'invalid_solid', 'the solid fails OCCT BRepCheck (isValid() is False)', None, None, None
-        if not shape.Volume() > 0: return 'invalid_solid', f'volume is {shape.Volume():.3g}', None, None, None
+        shape, why = _strict_solids(objects, single_solid)
+        if why: return 'invalid_solid', why, None, None, None
     mesh = trimesh.Trimesh(*_tessellate(shape, tolerance, angular_tolerance))  # process=True merges duplicate vertices
     if len(mesh.faces) <= 2: return empty(f'tessellation has {len(mesh.faces)} faces (needs > 2)')
     if strict and not mesh.is_watertight: return 'invalid_solid', 'tessellation is not watertight', None, None, None
@@ -169,7 +200,7 @@ def _run_in_worker(code: str, index: int, cfg: dict, program_builtins: dict, pos
         exec(compile(code, PROGRAM_FILENAME, 'exec'), namespace)
         if 'r' not in namespace: return done('empty', 'the program does not bind r')
         status, message, shape, mesh, valid_solid = _check_shape(namespace['r'], cfg['strict'], cfg['tolerance'],
-                                                                 cfg['angular_tolerance'])
+                                                                 cfg['angular_tolerance'], cfg['single_solid'])
     except SyntaxError as e: return done('syntax', f"line {e.lineno}: {e.msg}")
     except BaseException as e:
         blocked = refusals[0] if refusals else _blocked_by(e, active)
@@ -324,7 +355,8 @@ class CadWorkerPool:
                  memory_mb: float = 4096,  # RLIMIT_AS of each worker, cadquery's own ~1 GB included
                  tolerance: float = 0.001,  # linear tessellation tolerance (relative), as the reference script
                  angular_tolerance: float = 0.1,  # angular tessellation tolerance (radians)
-                 strict: bool = False,  # dataset mode: exactly one valid, watertight solid
+                 strict: bool = False,  # dataset validity: every solid valid and closed, none touching, watertight
+                 single_solid: bool = False,  # with strict: also exactly one solid (datasets of generator 1.0)
                  postprocess: Callable | None = None,  # importable top-level f(trimesh.Trimesh, index) run on ok results
                  keep_brep: bool = False,  # also return the shape as BREP text in `ProgramResult.brep`
                  file_size_mb: float = 64,  # RLIMIT_FSIZE of each worker
@@ -341,7 +373,7 @@ class CadWorkerPool:
         self.n_workers, self.timeout, self.startup_timeout = n_workers or os.cpu_count() or 1, timeout, startup_timeout
         self.unsafe_skip_policy, self.postprocess, self.require = unsafe_skip_policy, postprocess, tuple(require)
         self.cfg = dict(memory_mb=memory_mb, file_size_mb=file_size_mb, nproc_limit=nproc_limit, strict=strict,
-                        tolerance=tolerance, angular_tolerance=angular_tolerance, keep_brep=keep_brep,
+                        single_solid=single_solid, tolerance=tolerance, angular_tolerance=angular_tolerance, keep_brep=keep_brep,
                         layers=tuple(layers), user=_user_ids_or_name(user), read_paths=default_read_paths(*read_paths, *_module_dir(postprocess)))
         self.ctx = mp.get_context(start_method)
         if start_method == 'forkserver': self.ctx.set_forkserver_preload(['cadquery', 'trimesh', 'cadrecode_nb.sandbox'])

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np, pytest, torch, trimesh, yaml
 from fastcore.docments import docments
 
-from cadrecode_nb.programs import random_programs, canonical_program
+from cadrecode_nb.programs import random_programs
+from cadrecode_nb.program_features import canonical_program
 from cadrecode_nb.core import START_TOKEN, END_TOKEN, N_POINTS, ConfigError, stable_hash64
 from cadrecode_nb.programs import *
 from cadrecode_nb.points import *
@@ -314,6 +315,9 @@ def test_config_mismatch_and_cli(reference, tmp_path, capsys):
     with pytest.raises(DatasetError, match=r"holds another dataset: shard_00000.npz was written with a different config "
                                            r"\(differs in \['n_points'\]: n_points=256 there, 128 asked\)"):
         write_dataset(d, 'tiny', progress=False, n_points=128, **SMALL)
+    assert m['generator_version'] == '2.0'
+    with pytest.raises(ConfigError, match=r"was written by generator 2.0, and this config asks for generator 1.0: set generator=2"):
+        write_dataset(d, 'tiny', progress=False, generator='1', **SMALL)
     cfg = tmp_path / 'small.yaml'
     cfg.write_text(DataConfig.load('tiny', SMALL).to_yaml())
     main(['--config', str(cfg), '--out', str(d), '--no-progress'])
@@ -388,7 +392,7 @@ HOSTILE = ["import cadquery as cq\nn = 10 ** 10 ** 8\n",                       #
            "import cadquery as cq\nx=' '*(10**10)\nr=x\n",                   # 10 GB -> memory
            "r=((\n",                                                         # syntax
            "import cadquery as cq\nr=1/0\n",                                 # runtime
-           "import cadquery as cq\nr=cq.Workplane('XY').box(1,1,1).union(cq.Workplane('XY').moveTo(9,0).box(1,1,1))\n"]  # 2 solids
+           "import cadquery as cq\nr=cq.Workplane('XY').box(1,1,1).union(cq.Workplane('XY').moveTo(1,1).box(1,1,1))\n"]  # 2 solids sharing an edge
 
 def test_rejections_are_counted_and_the_shard_completes(tmp_path):
     boxes = [BOX.format(10 + i, 20 + 3 * i, 7) for i in range(12)]
@@ -405,3 +409,15 @@ def test_rejections_are_counted_and_the_shard_completes(tmp_path):
     assert m['n_samples'] == 12 and m['attempted'] == 12 + 8
     codes = _shard_codes(_read_shard(tmp_path / 'shard_00000.npz'))
     assert codes == boxes                                                    # kept in program order, nothing else
+
+
+def test_validity_follows_the_generator(tmp_path):
+    "Generator 2.0 datasets keep parts of separate bodies; generator 1.0 datasets keep their one-solid rule (they rebuild as written)."
+    apart = "import cadquery as cq\nr=cq.Workplane('XY').box(4,4,4).union(cq.Workplane('XY').moveTo({},0).box(4,4,4))\n"
+    stream = [apart.format(10 + i) for i in range(3)] + [BOX.format(10 + i, 5, 5) for i in range(3)]
+    def source(seed, n): return stream
+    kept = {g: write_dataset(tmp_path / g, 'tiny', progress=False, program_source=source, n_samples=3, shard_size=3,
+                             vocab_size=300, generator=g) for g in ('1', '2')}
+    assert kept['2']['rejections'] == {} and kept['2']['generator_version'] == '2.0'
+    assert kept['1']['rejections'] == dict(invalid_solid=3) and kept['1']['generator_version'] == '1.0'
+    assert _shard_codes(_read_shard(tmp_path / '2' / 'shard_00000.npz')) == stream[:3]

@@ -346,12 +346,28 @@ def test_shape_checks_eval_and_strict():
     loose = run_programs(codes, keep_brep=True)
     strict = run_programs(codes, strict=True)
     assert [r.status for r in loose] == ['ok', 'ok', 'empty', 'empty', 'empty', 'empty']
-    assert [r.status for r in strict] == ['ok', 'invalid_solid', 'empty', 'empty', 'empty', 'invalid_solid']
+    assert [r.status for r in strict] == ['ok', 'ok', 'empty', 'empty', 'empty', 'invalid_solid']  # two bodies apart: a valid part
+    single = run_programs(codes[:2], strict=True, single_solid=True)
+    assert [r.status for r in single] == ['ok', 'invalid_solid'] and single[1].message == '2 solids (single_solid needs exactly one)'
     assert loose[2].message == 'the program does not bind r' and 'int' in loose[4].message
     mesh = strict[0].mesh()
     assert mesh.is_watertight and abs(mesh.volume - 6000) < 1e-6
     assert loose[0].brep.startswith('\nCASCADE Topology') and strict[0].brep is None
     assert all(r.status in STATUSES for r in loose + strict)
+
+
+def test_strict_refuses_solids_that_meet():
+    "Dataset validity: bodies that share an edge or a corner, or a compound of overlapping or nested solids, are refused."
+    box = "cq.Workplane('XY', origin=({})).box(10, 10, 10)"
+    union = lambda at: f"import cadquery as cq\nr = {box.format('0,0,0')}.union({box.format(at)})"
+    compound = lambda b: ("import cadquery as cq\nr = cq.Workplane('XY').add(cq.Compound.makeCompound(["
+                          f"cq.Solid.makeBox(10, 10, 10), cq.Solid.makeBox({b})]))")
+    codes = [union('10,0,0'), union('10,10,0'), union('10,10,10'), union('30,0,0'), compound('4, 4, 4, pnt=cq.Vector(3, 3, 3)'),
+             compound('10, 10, 10, pnt=cq.Vector(5, 0, 0)')]
+    res = run_programs(codes, strict=True)
+    assert [r.status for r in res] == ['ok', 'invalid_solid', 'invalid_solid', 'ok', 'invalid_solid', 'invalid_solid'], res
+    assert [r.mesh().body_count for r in (res[0], res[3])] == [1, 2]   # a shared face is fused by union; apart: two bodies
+    assert all('touch, overlap or nest' in r.message for r in res if not r.ok)
 
 
 def test_valid_solid_beside_the_protocol():

@@ -1,0 +1,200 @@
+"""Many sampled candidates per part: the shared-prompt decoder (`cadrecode_nb.sampling`) against today's decoders.
+
+    python bench/sampling.py --out bench/results/sampling_h200.json
+
+One command, one GPU, about 5 minutes. In order, each result printed as a JSON line and the file rewritten:
+1. `agreement`: on a small float32 model on the device, the GPU path (compiled pieces, one CUDA graph per bucket)
+   against the references: greedy tokens equal `generate`'s; a seeded sampled run equal on its first call (compiling
+   and recording) and on replays, and different under another seed; shared-prompt candidates equal independently
+   prompted ones; and how many sampled rows equal `generate`'s under the same seed (reported, not required: on a GPU
+   the two compute the logits with different kernels).
+2. `sampling`: Qwen2-1.5B shapes, random bf16 weights, `--candidates` per part, temperature `--temperature`, top-p
+   `--top-p`, exactly `--new-tokens` tokens (END masked until then), for each number of parts in `--parts` and each
+   variant in `--variants` ('compiled': compiled layer pieces in CUDA graphs; 'graphed': the eager pieces in CUDA
+   graphs): first-call seconds (prefill, compile, record, decode), samples/s and ms per step of a second call, peak
+   memory, and the step's floors: bytes read / `--bandwidth` and matmul FLOPs / `--matmul-flops`.
+3. `greedy`: `--greedy-tokens` tokens at batch `--greedy-batch`, today's `greedy_decode_static` and the new path.
+4. `old`: optionally (`--old-rows`), today's greedy decoder re-measured at `--new-tokens` for the issue's table.
+
+A CPU smoke run (a tiny model, seconds):
+    python bench/sampling.py --device cpu --model-kw '{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":1024}' --parts 2 --candidates 4 --new-tokens 20
+        --greedy-tokens 24 --greedy-batch 4 --old-rows 4 --variants graphed --out /tmp/sampling_smoke.json
+(on a CPU both variants run the same eager code; the agreement checks dominate its time)
+"""
+import argparse, gc, json, sys, time
+from pathlib import Path
+
+import torch
+
+from cadrecode_nb.model import (CADRecode, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
+                                tiny_config)
+from cadrecode_nb.sampling import decode_step_bytes, shared_prompt_decode
+
+START, END = 151644, 151643   # Qwen2's <|im_start|> and <|endoftext|>
+N_POINTS = 256
+# today's figures (the issue: greedy_decode_static, greedy, 400 new tokens, one H200): rows -> (samples/s, ms/step)
+TODAY = {64: (44.7, 3.58), 128: (68.1, 4.70), 256: (88.1, 7.27), 512: (101.5, 12.62)}
+VARIANTS = {'compiled': dict(graphed=True, compiled=True), 'graphed': dict(graphed=True, compiled=False)}
+
+
+def sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize()
+
+
+def free(model=None, device=None):
+    "Drop the decoders kept on the model (buffers, graphs) and return their memory."
+    if model is not None: model._cadrecode_shared_decoder = model._cadrecode_static_cache = None
+    gc.collect()
+    if device is not None and device.type == 'cuda': torch.cuda.empty_cache()
+
+
+def timed(fn, device):
+    sync(device); t = time.perf_counter(); out = fn(); sync(device)
+    return out, time.perf_counter() - t
+
+
+def variant_kw(name, device):
+    return VARIANTS[name] if device.type == 'cuda' else dict(graphed=False, compiled=False)
+
+
+def agreement(device, variant) -> dict:
+    "The GPU path against the references on a small float32 model with well-separated logits (16 rows throughout)."
+    torch.manual_seed(0)
+    with torch.device(device): model = CADRecode(tiny_config(1024, initializer_range=0.3)).eval()
+    kw = variant_kw(variant, device)
+    pts = torch.rand(16, N_POINTS, 3, device=device) * 2 - 1
+    end = int(generate_token_ids(model, pts, 1, 2, max_new_tokens=24)[1, 9])   # a token row 1 emits at step 10 acts as END
+    ref = generate_token_ids(model, pts, 1, end, max_new_tokens=80)
+    greedy = [shared_prompt_decode(model, pts, 1, end, max_new_tokens=80, **kw) for _ in range(2)]
+    parts = pts[:4]
+    sample = dict(num_candidates=4, do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=80)
+    runs = [shared_prompt_decode(model, parts, 1, end, seed=7, **sample, **kw) for _ in range(3)]
+    other = shared_prompt_decode(model, parts, 1, end, seed=8, **sample, **kw)
+    alone = shared_prompt_decode(model, parts.repeat_interleave(4, 0), 1, end, seed=7, **{**sample, 'num_candidates': 1}, **kw)
+    torch.manual_seed(7)
+    theirs = generate_token_ids(model, parts, 1, end, num_candidates=4, do_sample=True, top_p=0.95, max_new_tokens=80)
+    same = lambda a, b: a.shape == b.shape and bool(torch.equal(a, b))
+    res = dict(variant=variant, greedy_equal_generate=[same(g, ref) for g in greedy],
+               rows_stopped=int((ref == end).any(1).sum()),
+               seeded_reproducible=[same(r, runs[0]) for r in runs[1:]], other_seed_differs=not same(other, runs[0]),
+               shared_equal_independent=same(alone, runs[0]),
+               sampled_rows_equal_generate=int((runs[0] == theirs).all(1).sum()) if runs[0].shape == theirs.shape else 0)
+    free(model, device)
+    return res
+
+
+def floors(model, rows, parts, prompt_len, new_tokens, bucket, args, shared=True) -> dict:
+    "The step's floors: bytes read (weights, prompt and generated keys/values) over the bandwidth; matmul FLOPs over the peak."
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
+    suffix = (sum(-(-t // bucket) * bucket for t in range(1, new_tokens)) / max(new_tokens - 1, 1) if shared
+              else new_tokens)   # today's static cache: every slot of prompt + max_new_tokens read
+    b = decode_step_bytes(model.config, weight_bytes, parts, rows // parts, prompt_len, suffix, shared_prompt=shared)
+    return dict(bytes_gb={k: round(v / 1e9, 3) for k, v in b.items()}, memory_floor_ms=round(b['total'] / args.bandwidth * 1e3, 3),
+                matmul_floor_ms=round(2 * n_params * rows / args.matmul_flops * 1e3, 3))
+
+
+def measure(run, device, rows) -> dict:
+    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats()
+    _, first = timed(run, device)   # prefill + compile + record + decode
+    ids, dt = timed(run, device)
+    return dict(rows=rows, new_tokens=int(ids.shape[1]), first_call_s=round(first, 2), seconds=round(dt, 3),
+                samples_per_s=round(rows / dt, 2), ms_per_step=round(1e3 * dt / ids.shape[1], 3),
+                compile_and_record_s=round(first - dt, 2),
+                peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == 'cuda' else None)
+
+
+def big_model(args, device):
+    torch.manual_seed(args.seed)
+    with torch.device(device): model = CADRecode(qwen2_1_5b_config(**json.loads(args.model_kw)))
+    return model.to(torch.bfloat16 if args.dtype == 'bf16' else torch.float32).eval()
+
+
+def table(result) -> str:
+    "Markdown: today's figures (greedy, the issue) beside the new path's, with the floors."
+    lines = ['| decoder | rows (parts x candidates) | samples/s | ms/step | first call s | peak GB | memory floor ms | matmul floor ms |',
+             '|---|---|---|---|---|---|---|---|']
+    for rows, (sps, ms) in TODAY.items():
+        lines.append(f'| today: `greedy_decode_static`, greedy (issue) | {rows} | {sps} | {ms} | ~40 | - | - | - |')
+    for r in result.get('old', []):
+        if 'error' not in r:
+            lines.append(f"| today, re-measured | {r['rows']} | {r['samples_per_s']} | {r['ms_per_step']} | {r['first_call_s']} | "
+                         f"{r['peak_gb']} | {r['memory_floor_ms']} | {r['matmul_floor_ms']} |")
+    for r in result.get('sampling', []) + result.get('greedy', []):
+        if 'error' in r: lines.append(f"| {r['decoder']} | {r.get('rows')} | error: {r['error'][:60]} | | | | | |"); continue
+        lines.append(f"| {r['decoder']} | {r['rows']} ({r['parts']} x {r['candidates']}) | {r['samples_per_s']} | {r['ms_per_step']} | "
+                     f"{r['first_call_s']} | {r['peak_gb']} | {r['memory_floor_ms']} | {r['matmul_floor_ms']} |")
+    return '\n'.join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--device', default='cuda')
+    ap.add_argument('--model-kw', default='{}', help='JSON overrides of the Qwen2-1.5B config (smoke tests)')
+    ap.add_argument('--dtype', default='bf16', choices=['bf16', 'fp32'])
+    ap.add_argument('--parts', default='16,32,64', help='parts per batch, comma-separated (rows = parts x candidates)')
+    ap.add_argument('--candidates', type=int, default=16); ap.add_argument('--temperature', type=float, default=1.0)
+    ap.add_argument('--top-p', type=float, default=1.0); ap.add_argument('--new-tokens', type=int, default=400)
+    ap.add_argument('--bucket', type=int, default=64, help='suffix lengths read: multiples of this')
+    ap.add_argument('--variants', default='compiled,graphed', help=f'new-path variants: {", ".join(VARIANTS)}')
+    ap.add_argument('--greedy-tokens', type=int, default=768); ap.add_argument('--greedy-batch', type=int, default=64)
+    ap.add_argument('--old-rows', default='', help="re-measure today's greedy decoder at --new-tokens for these batches")
+    ap.add_argument('--skip-agreement', action='store_true')
+    ap.add_argument('--bandwidth', type=float, default=4.8e12, help='bytes/s for the memory floor (H200: 4.8e12)')
+    ap.add_argument('--matmul-flops', type=float, default=794e12, help='FLOP/s for the matmul floor (measured bf16 on H200)')
+    ap.add_argument('--seed', type=int, default=0); ap.add_argument('--out', default='sampling.json')
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    import transformers
+    result = dict(torch=torch.__version__, transformers=transformers.__version__, args=vars(args),
+                  gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None)
+    def record(section, row):
+        result.setdefault(section, []).append(row); print(json.dumps({section: row}), flush=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    variants = args.variants.split(',')
+    if not args.skip_agreement:
+        for v in variants:
+            try: record('agreement', agreement(device, v))
+            except Exception as e: record('agreement', dict(variant=v, error=f'{type(e).__name__}: {str(e)[:300]}'))
+    model = big_model(args, device)
+    start, end = (START, END) if model.config.vocab_size > START else (1, 2)   # a shrunken vocabulary (smoke runs)
+    prompt_len, k = N_POINTS + 1, args.candidates
+    for v in variants:
+        for parts in map(int, args.parts.split(',')):
+            rows, pts = parts * k, torch.rand(parts, N_POINTS, 3, device=device) * 2 - 1
+            run = lambda: shared_prompt_decode(model, pts, start, end, num_candidates=k, do_sample=True,
+                                               temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.new_tokens,
+                                               min_new_tokens=args.new_tokens, seed=args.seed, bucket=args.bucket,
+                                               **variant_kw(v, device))
+            row = dict(decoder=f'new, sampled ({v})', parts=parts, candidates=k,
+                       **floors(model, rows, parts, prompt_len, args.new_tokens, args.bucket, args))
+            try: row.update(measure(run, device, rows))
+            except Exception as e: row.update(rows=rows, error=f'{type(e).__name__}: {str(e)[:300]}')
+            free(model, device); record('sampling', row)
+    n, g = args.greedy_batch, args.greedy_tokens
+    pts = torch.rand(n, N_POINTS, 3, device=device) * 2 - 1
+    decoders = {"today's greedy_decode_static": lambda: greedy_decode_static(model, pts, start, end, max_new_tokens=g, min_new_tokens=g)}
+    for v in variants:
+        decoders[f'new, greedy ({v})'] = lambda v=v: shared_prompt_decode(model, pts, start, end, max_new_tokens=g, min_new_tokens=g,
+                                                                          bucket=args.bucket, **variant_kw(v, device))
+    for name, run in decoders.items():
+        shared = name.startswith('new')
+        row = dict(decoder=f'{name}, {g} tokens', parts=n, candidates=1,
+                   **floors(model, n, n, prompt_len, g, args.bucket if shared else 1, args, shared=shared))
+        try: row.update(measure(run, device, n))
+        except Exception as e: row.update(rows=n, error=f'{type(e).__name__}: {str(e)[:300]}')
+        free(model, device); record('greedy', row)
+    for rows in (map(int, args.old_rows.split(',')) if args.old_rows else []):
+        pts = torch.rand(rows, N_POINTS, 3, device=device) * 2 - 1
+        run = lambda: greedy_decode_static(model, pts, start, end, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+        row = dict(decoder="today's greedy_decode_static", **floors(model, rows, rows, prompt_len, args.new_tokens, 1, args, shared=False))
+        try: row.update(measure(run, device, rows))
+        except Exception as e: row.update(rows=rows, error=f'{type(e).__name__}: {str(e)[:300]}')
+        free(model, device); record('old', row)
+    result['table'] = table(result); print(result['table'], flush=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"Tests of the shared-prompt decoder (cadrecode_nb.sampling) against transformers' generate, on a tiny model, CPU."
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from cadrecode_nb.model import CADRecode, tiny_config, generate_token_ids, greedy_decode_static, prompt_embeds, generate_programs
+from cadrecode_nb.sampling import (decode_step_bytes, draw_noise, kv_bytes_per_position, logits_warpers, pick_tokens,
+                                   prefill_parts, shared_prefix_attention, shared_prompt_decode)
+
+START = 1
+
+
+@pytest.fixture(scope='module')
+def wild():
+    "A random tiny model with a large init scale (well-separated logits), 4 clouds, and an END id row 1 emits at step 6."
+    torch.manual_seed(0)
+    model = CADRecode(tiny_config(512, num_hidden_layers=2, initializer_range=0.3)).eval()
+    clouds = torch.rand(4, 256, 3) * 2 - 1
+    end = int(generate_token_ids(model, clouds, START, 0, max_new_tokens=8)[1, 5])
+    return model, clouds, end
+
+
+def test_attention_equals_sdpa_over_the_concatenation():
+    "Prefix per part + suffix per row, merged by log-sum-exp == one softmax over [prefix; filled suffix], GQA and all."
+    torch.manual_seed(1)
+    b, k, hq, hkv, d, p, length = 2, 3, 6, 2, 8, 11, 9
+    q = torch.randn(b * k, hq, d)
+    pk, pv, sk, sv = torch.randn(b, hkv, p, d), torch.randn(b, hkv, p, d), torch.randn(b * k, hkv, length, d), torch.randn(b * k, hkv, length, d)
+    for n in (1, 5, length):
+        filled = torch.arange(length) < n
+        keys = torch.cat([pk.repeat_interleave(k, 0), sk[:, :, :n]], 2).repeat_interleave(hq // hkv, 1)
+        values = torch.cat([pv.repeat_interleave(k, 0), sv[:, :, :n]], 2).repeat_interleave(hq // hkv, 1)
+        ref = F.scaled_dot_product_attention(q[:, :, None], keys, values, scale=0.3)[:, :, 0]
+        torch.testing.assert_close(shared_prefix_attention(q, pk, pv, sk, sv, filled, 0.3), ref, rtol=1e-5, atol=1e-5)
+    sk[:, :, 5:] = float('nan')   # unfilled slots never reach the output
+    assert torch.isfinite(shared_prefix_attention(q, pk, pv, sk.nan_to_num(0), sv, torch.arange(length) < 5, 0.3)).all()
+
+
+def test_pick_tokens_draws_what_multinomial_draws():
+    "Same generator seed: pick_tokens' draw == torch.multinomial over transformers' warped distribution."
+    torch.manual_seed(2)
+    logits, done = torch.randn(8, 40) * 2, torch.zeros(8, dtype=torch.bool)
+    for t, p in ((1.0, 1.0), (0.6, 1.0), (1.3, 0.8)):
+        noise = draw_noise(torch.empty(8, 40), torch.Generator().manual_seed(5))
+        tok, _, scores = pick_tokens(logits, done, torch.tensor(True), 39, 39, logits_warpers(t, p), noise)
+        ref = TopPLogitsWarper(p)(None, TemperatureLogitsWarper(t)(None, logits.clone())) if p < 1 else logits / t
+        torch.testing.assert_close(scores, ref)
+        torch.manual_seed(5)
+        assert torch.equal(tok, torch.multinomial(F.softmax(ref, -1), 1)[:, 0])
+
+
+def test_pick_tokens_bans_end_and_pads_finished_rows():
+    logits = torch.zeros(2, 4); logits[:, 3] = 9; logits[:, 1] = 1
+    tok, done, _ = pick_tokens(logits, torch.tensor([False, True]), torch.tensor(False), 3, 0)
+    assert tok.tolist() == [1, 0] and done.tolist() == [False, True]
+    noise = torch.ones(2, 4)   # a flat draw: the arg-max of the probabilities
+    tok, done, _ = pick_tokens(logits, torch.tensor([False, False]), torch.tensor(True), 3, 0, (), noise)
+    assert tok.tolist() == [3, 3] and done.tolist() == [True, True]
+
+
+def test_prefill_is_generates_first_step(wild):
+    model, clouds, _ = wild
+    logits, prefix = prefill_parts(model, clouds, START)
+    assert len(prefix) == 2 and prefix[0][0].shape == (4, 2, 257, 32)
+    assert torch.equal(logits.argmax(-1), generate_token_ids(model, clouds, START, 0, max_new_tokens=1)[:, 0])
+
+
+@pytest.mark.parametrize('bucket,every', [(64, 32), (4, 1), (5, 3)])
+def test_greedy_equals_generate(wild, bucket, every):
+    "END stopping, END padding, buckets crossed mid-run, host checks at any interval: generate's tokens."
+    model, clouds, end = wild
+    ref = generate_token_ids(model, clouds, START, end, max_new_tokens=16)
+    assert (ref == end).any(1).sum() >= 1   # END is exercised
+    got = shared_prompt_decode(model, clouds, START, end, max_new_tokens=16, bucket=bucket, check_every=every)
+    assert torch.equal(got, ref)
+    assert torch.equal(got, greedy_decode_static(model, clouds, START, end, max_new_tokens=16))
+
+
+def test_greedy_pad_and_min_new_tokens(wild):
+    model, clouds, end = wild
+    kw = dict(pad_id=7, max_new_tokens=14, min_new_tokens=9)
+    assert torch.equal(shared_prompt_decode(model, clouds, START, end, bucket=4, **kw), generate_token_ids(model, clouds, START, end, **kw))
+
+
+def test_sampling_equals_generate_tokens_and_distributions(wild):
+    "Same seed: generate's sampled tokens; along them, every step's processed scores equal generate's."
+    model, clouds, end = wild
+    torch.manual_seed(21)
+    ref = model.generate(inputs_embeds=prompt_embeds(model, clouds, START), attention_mask=torch.ones(4, 257, dtype=torch.long),
+                         max_new_tokens=12, do_sample=True, num_return_sequences=2, temperature=0.7, top_p=0.85, top_k=0,
+                         eos_token_id=end, pad_token_id=end, output_scores=True, return_dict_in_generate=True)
+    got, scores = shared_prompt_decode(model, clouds, START, end, num_candidates=2, do_sample=True, temperature=0.7, top_p=0.85,
+                                       max_new_tokens=12, seed=21, bucket=4, return_scores=True)
+    assert torch.equal(got, ref.sequences)
+    assert len(scores) == len(ref.scores)
+    for a, b in zip(scores, ref.scores):
+        assert torch.equal(torch.isinf(a), torch.isinf(b))
+        torch.testing.assert_close(F.softmax(a, -1), F.softmax(b, -1), rtol=0, atol=1e-4)
+
+
+def test_seeded_reproducible_and_shared_equals_independent(wild):
+    model, clouds, end = wild
+    kw = dict(num_candidates=3, do_sample=True, temperature=1.0, max_new_tokens=12, bucket=4)
+    a = shared_prompt_decode(model, clouds, START, end, seed=4, **kw)
+    assert a.shape[0] == 12
+    assert torch.equal(a, shared_prompt_decode(model, clouds, START, end, seed=4, **kw))
+    assert not torch.equal(a, shared_prompt_decode(model, clouds, START, end, seed=5, **kw))
+    alone = shared_prompt_decode(model, clouds.repeat_interleave(3, 0), START, end, seed=4, **{**kw, 'num_candidates': 1})
+    assert torch.equal(alone, a)
+    torch.manual_seed(9); x = shared_prompt_decode(model, clouds, START, end, **kw)
+    torch.manual_seed(9); y = shared_prompt_decode(model, clouds, START, end, **kw)
+    assert torch.equal(x, y)   # no seed: drawn from torch's RNG, so torch.manual_seed governs it
+
+
+def test_bad_arguments(wild):
+    model, clouds, end = wild
+    with pytest.raises(ValueError, match='do_sample'): shared_prompt_decode(model, clouds, START, end, num_candidates=2)
+    with pytest.raises(ValueError, match='top_p'): shared_prompt_decode(model, clouds, START, end, do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match='temperature'): shared_prompt_decode(model, clouds, START, end, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match='graphed=False'):
+        shared_prompt_decode(model, clouds, START, end, graphed=True, return_scores=True)
+
+
+def test_generate_programs_fast_path_equals_generate():
+    "generate_programs(fast=True) == generate_programs(fast=False) greedy; sampled: k programs per cloud, seeded."
+    from cadrecode_nb.dataset import train_code_tokenizer
+    progs = ["import cadquery as cq\nr=cq.Workplane('XY').box(%d,20,30)" % (10 + i) for i in range(30)]
+    tok = train_code_tokenizer(progs, vocab_size=300)
+    torch.manual_seed(0)
+    model = CADRecode(tiny_config(len(tok), num_hidden_layers=2, initializer_range=0.3)).eval()
+    clouds = torch.rand(5, 256, 3) * 2 - 1
+    ref = generate_programs(model, tok, clouds, max_new_tokens=10, batch_size=2, fast=False)
+    assert generate_programs(model, tok, clouds, max_new_tokens=10, batch_size=2, fast=True) == ref
+    s = generate_programs(model, tok, clouds, num_candidates=3, do_sample=True, max_new_tokens=6, batch_size=2, fast=True, seed=1)
+    assert [len(x) for x in s] == [3] * 5
+    assert s == generate_programs(model, tok, clouds, num_candidates=3, do_sample=True, max_new_tokens=6, batch_size=2, fast=True, seed=1)
+
+
+def test_step_bytes():
+    "The floor's arithmetic: the prompt read once per part instead of once per row."
+    cfg = tiny_config(100)
+    per = kv_bytes_per_position(cfg)
+    assert per == 2 * 4 * 2 * 32 * 2
+    shared = decode_step_bytes(cfg, 1000, 3, 4, 10, 6.5)
+    alone = decode_step_bytes(cfg, 1000, 3, 4, 10, 6.5, shared_prompt=False)
+    assert shared['prompt_kv'] == 3 * 10 * per and alone['prompt_kv'] == 12 * 10 * per
+    assert shared['suffix_kv'] == alone['suffix_kv'] == int(12 * 6.5 * per)
+    assert shared['total'] == 1000 + shared['prompt_kv'] + shared['suffix_kv']

@@ -8,14 +8,15 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from fastcore.basics import patch
-from matplotlib.path import Path as PolygonPath
+
+from .sketches import (
+    Circle, Rect, GridRect, Loop, LOOP_FAMILIES, random_shape, fmt_number, rotate, interior_point, place_over)
 
 # %% auto #0
-__all__ = ['EXAMPLE_PROGRAMS', 'LOOP_FAMILIES', 'PLANE_AXES', 'PLANES', 'V2_LOOP_FAMILIES', 'V2_GAP', 'V2_MAX_CHARS',
-           'GENERATOR_VERSIONS', 'GENERATOR_VERSION', 'Circle', 'Rect', 'GridRect', 'Loop', 'random_shape', 'to_local',
-           'to_world', 'Extrusion', 'Primitive', 'Part', 'random_body', 'random_part', 'random_part_v2',
-           'generator_version', 'is_plain_cylinder', 'random_program', 'program_rng', 'random_programs']
+__all__ = ['EXAMPLE_PROGRAMS', 'PLANE_AXES', 'PLANES', 'V2_LOOP_FAMILIES', 'V2_GAP', 'V2_MAX_CHARS', 'GENERATOR_VERSIONS',
+           'GENERATOR_VERSION', 'to_local', 'to_world', 'Extrusion', 'Primitive', 'Part', 'random_body', 'random_part',
+           'random_part_v2', 'generator_version', 'is_plain_cylinder', 'random_program', 'program_rng',
+           'random_programs']
 
 # %% ../nbs/00_data.ipynb #c97cccbf
 EXAMPLE_PROGRAMS = [
@@ -26,236 +27,6 @@ r=w0.sketch().push([(-30,10)]).rect(80,60).push([(20,-15)]).circle(25,mode='s').
 """import cadquery as cq
 w0=cq.Workplane('XY',origin=(0,0,30))
 r=w0.sketch().segment((-90,-60),(70,-60)).arc((90,-40),(70,-20)).segment((-90,-20)).close().assemble().push([(-50,40)]).circle(30).finalize().extrude(-60).union(w0.workplane(offset=-10/2).moveTo(40,45).cylinder(10,35))"""]
-
-# %% ../nbs/00_data.ipynb #a9628167
-def _fmt(v, decimal=False) -> str:
-    "Write a quantised number: integers plainly, exact halves as `n/2` or, with `decimal`, as `n.5` (both are the dataset's style)."
-    v = float(v)
-    if v == int(v): return str(int(v))
-    if 2*v == int(2*v): return str(v) if decimal else f'{int(2*v)}/2'
-    raise ValueError(f'{v} is not an integer or a half: quantise before emitting')
-
-def _pt(p) -> str: return f'({_fmt(p[0], True)},{_fmt(p[1], True)})'
-
-def _rot(pts, deg):
-    "Rotate (N,2) points counter-clockwise by `deg` degrees about the origin."
-    a = math.radians(deg); c, s = math.cos(a), math.sin(a)
-    return np.asarray(pts, float) @ np.array([[c, s], [-s, c]])
-
-def _segments_sdf(poly, pts):
-    "Signed distance from `pts` (M,2) to the closed polygon `poly` (N,2): negative inside."
-    pts = np.atleast_2d(np.asarray(pts, float))
-    a, b = poly, np.roll(poly, -1, axis=0)
-    ab = b - a; ap = pts[:, None, :] - a[None]
-    t = np.clip((ap*ab).sum(-1) / np.maximum((ab*ab).sum(-1), 1e-12), 0, 1)
-    d = np.linalg.norm(ap - t[..., None]*ab, axis=-1).min(1)
-    return np.where(PolygonPath(poly).contains_points(pts), -d, d)
-
-# %% ../nbs/00_data.ipynb #abe21bcb
-@dataclass
-class Circle:
-    "A circle of radius `r` centred at (`x`,`y`), written `push([(x,y)]).circle(r)`."
-    x: float; y: float; r: float
-    def sdf(self, pts):
-        pts = np.atleast_2d(np.asarray(pts, float))
-        return np.hypot(pts[:, 0]-self.x, pts[:, 1]-self.y) - self.r
-    def boundary(self, n=48):
-        t = np.linspace(0, 2*np.pi, n, endpoint=False)
-        return np.stack([self.x + self.r*np.cos(t), self.y + self.r*np.sin(t)], 1)
-    def bbox(self): return np.array([self.x-self.r, self.y-self.r]), np.array([self.x+self.r, self.y+self.r])
-    def moved(self, s, dx, dy): return Circle(s*(self.x-dx), s*(self.y-dy), s*self.r)
-    def quantised(self): return Circle(*(float(round(v)) for v in (self.x, self.y, self.r)))
-    def is_sound(self, min_size=2): return self.r >= min_size
-    def emit(self, mode='a', first=False, wname='w0'):
-        m = ",mode='s'" if mode == 's' else ''
-        return f'.push([{_pt((self.x, self.y))}]).circle({_fmt(self.r)}{m})'
-
-# %% ../nbs/00_data.ipynb #9c15e58e
-@dataclass
-class Rect:
-    "A `w`x`h` rectangle centred at (`x`,`y`), rotated by `angle` degrees: `push([(x,y)]).rect(w,h,angle=a)`."
-    x: float; y: float; w: float; h: float; angle: int = 0
-    def corners(self):
-        return _rot(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * [self.w/2, self.h/2], self.angle) + [self.x, self.y]
-    def sdf(self, pts):
-        q = np.abs(_rot(np.atleast_2d(np.asarray(pts, float)) - [self.x, self.y], -self.angle)) - [self.w/2, self.h/2]
-        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
-    def boundary(self, n=48):
-        c = self.corners(); t = np.linspace(0, 1, n//4, endpoint=False)[:, None]
-        return np.concatenate([c[i] + t*(c[(i+1) % 4]-c[i]) for i in range(4)])
-    def bbox(self): c = self.corners(); return c.min(0), c.max(0)
-    def moved(self, s, dx, dy): return replace(self, x=s*(self.x-dx), y=s*(self.y-dy), w=s*self.w, h=s*self.h)
-    def quantised(self): return Rect(*(float(round(v)) for v in (self.x, self.y, self.w, self.h)), int(self.angle))
-    def is_sound(self, min_size=2): return min(self.w, self.h) >= min_size
-    def emit(self, mode='a', first=False, wname='w0'):
-        a = f',angle={self.angle}' if self.angle else ''
-        m = ",mode='s'" if mode == 's' else ''
-        return f'.push([{_pt((self.x, self.y))}]).rect({_fmt(self.w)},{_fmt(self.h)}{a}{m})'
-
-@dataclass
-class GridRect(Rect):
-    "An upright rectangle whose *edges* quantise to integers, so an odd width puts its centre on a half (`35.5`)."
-    def quantised(self):
-        (x0, y0), (x1, y1) = np.round(np.array(self.bbox()))
-        return GridRect((x0+x1)/2, (y0+y1)/2, x1-x0, y1-y0)
-
-# %% ../nbs/00_data.ipynb #a33272ea
-def _arc_points(p0, pm, p1, n=12):
-    "Points on the circular arc from `p0` through `pm` to `p1` (excluding `p1`)."
-    p0, pm, p1 = (np.asarray(p, float) for p in (p0, pm, p1))
-    ax, ay = p0; bx, by = pm; cx, cy = p1
-    d = 2*(ax*(by-cy) + bx*(cy-ay) + cx*(ay-by))
-    if abs(d) < 1e-9: return np.array([p0])  # collinear: a straight edge
-    ux = ((ax*ax+ay*ay)*(by-cy) + (bx*bx+by*by)*(cy-ay) + (cx*cx+cy*cy)*(ay-by)) / d
-    uy = ((ax*ax+ay*ay)*(cx-bx) + (bx*bx+by*by)*(ax-cx) + (cx*cx+cy*cy)*(bx-ax)) / d
-    ang = lambda p: math.atan2(p[1]-uy, p[0]-ux)
-    a0, am, a1 = ang(p0), ang(pm), ang(p1)
-    # sweep counter-clockwise from a0 to a1 if that passes through am, else clockwise
-    ccw = lambda a: (a - a0) % (2*math.pi)
-    sweep = ccw(a1) if ccw(am) < ccw(a1) else ccw(a1) - 2*math.pi
-    t = a0 + sweep*np.arange(n)/n
-    rad = math.hypot(ax-ux, ay-uy)
-    return np.stack([ux + rad*np.cos(t), uy + rad*np.sin(t)], 1)
-
-# %% ../nbs/00_data.ipynb #3afa8231
-@dataclass
-class Loop:
-    "A closed loop of segments and three-point arcs: `segment(..).arc(mid,end)...close().assemble()`."
-    verts: np.ndarray   # (k,2) vertices, k >= 3
-    mids: list          # k entries: the arc's middle point for edge i -> i+1, or None for a segment; mids[-1] is None
-    closing: str = 'close'   # the last edge: 'close' writes `.close()`, 'return' a `.segment(p0)` back to the start
-    def polygon(self, n_arc=12):
-        parts = []
-        for i, m in enumerate(self.mids):
-            a, b = self.verts[i], self.verts[(i+1) % len(self.verts)]
-            parts.append(a[None] if m is None else _arc_points(a, m, b, n_arc))
-        return np.concatenate(parts)
-    def sdf(self, pts): return _segments_sdf(self.polygon(), pts)
-    def boundary(self, n=48): return self.polygon(max(4, n//len(self.verts)))
-    def bbox(self): p = self.polygon(24); return p.min(0), p.max(0)
-    def moved(self, s, dx, dy):
-        f = lambda p: None if p is None else s*(np.asarray(p, float) - [dx, dy])
-        return replace(self, verts=f(self.verts), mids=[f(m) for m in self.mids])
-    def quantised(self):
-        return replace(self, verts=np.round(self.verts), mids=[None if m is None else np.round(m) for m in self.mids])
-
-# %% ../nbs/00_data.ipynb #8ce3183a
-def _touches_itself(loop, min_size):
-    "True if the loop's outline crosses itself or a vertex nearly touches a non-incident edge."
-    p = loop.polygon(8); q = np.roll(p, -1, 0); n = len(p)
-    cross = lambda o, a, b: (a[..., 0]-o[..., 0])*(b[..., 1]-o[..., 1]) - (a[..., 1]-o[..., 1])*(b[..., 0]-o[..., 0])
-    A, B, C, D = p[:, None], q[:, None], p[None], q[None]
-    hit = (cross(A, B, C)*cross(A, B, D) < 0) & (cross(C, D, A)*cross(C, D, B) < 0)
-    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing='ij')
-    if (hit & (np.abs(i-j) > 1) & (np.abs(i-j) < n-1)).any(): return True
-    k = len(loop.verts)
-    for vi in range(k):  # distance from each vertex to the other edges
-        others = [e for e in range(k) if e not in (vi, (vi-1) % k)]
-        for e in others:
-            a, b, m = loop.verts[e], loop.verts[(e+1) % k], loop.mids[e]
-            seg = np.array([a, b]) if m is None else np.concatenate([_arc_points(a, m, b, 8), [b]])
-            s0, s1 = seg[:-1], seg[1:]; d = s1-s0
-            t = np.clip(((loop.verts[vi]-s0)*d).sum(1)/np.maximum((d*d).sum(1), 1e-12), 0, 1)
-            if np.linalg.norm(s0 + t[:, None]*d - loop.verts[vi], axis=1).min() < min_size: return True
-    return False
-
-# %% ../nbs/00_data.ipynb #b097e413
-@patch
-def is_sound(self: Loop, min_size=2):
-    "Edges long enough, arcs clearly bent but less than half a circle, and the loop does not touch itself."
-    k = len(self.verts)
-    if k < 3 or self.mids[-1] is not None: return False
-    for i, m in enumerate(self.mids):
-        a, b = self.verts[i], self.verts[(i+1) % k]
-        chord = np.linalg.norm(b-a)
-        if chord < min_size: return False
-        if m is not None:
-            d, e = b-a, m-a
-            t = np.dot(e, d)/chord**2; sag = abs(d[0]*e[1] - d[1]*e[0])/chord
-            if not (0.2 < t < 0.8 and 1 <= sag <= 0.65*chord): return False
-    return not _touches_itself(self, min_size)
-
-# %% ../nbs/00_data.ipynb #0e216c50
-@patch
-def emit(self: Loop, mode='a', first=False, wname='w0'):
-    v, k = self.verts, len(self.verts)
-    calls = [f'segment({_pt(v[0])},{_pt(v[1])})' if self.mids[0] is None else f'arc({_pt(v[0])},{_pt(self.mids[0])},{_pt(v[1])})']
-    for i in range(1, k-1):
-        calls.append(f'segment({_pt(v[i+1])})' if self.mids[i] is None else f'arc({_pt(self.mids[i])},{_pt(v[i+1])})')
-    body = '.'.join(calls) + ('.close()' if self.closing == 'close' else f'.segment({_pt(v[0])})') + '.assemble()'
-    if first and mode == 'a': return '.' + body
-    m = ",mode='s'" if mode == 's' else ''
-    return f'.reset().face({wname}.sketch().{body}{m})'
-
-# %% ../nbs/00_data.ipynb #82fbaf09
-def _outward_mid(a, b, rng, lo=0.12, hi=0.4):
-    "Middle point of an arc bulging outward (to the right of a->b, i.e. outside a counter-clockwise outline)."
-    d = b - a; n = np.array([d[1], -d[0]])
-    return (a+b)/2 + rng.uniform(lo, hi)*n
-
-def _convex_loop(rng, s):
-    k = int(rng.integers(3, 7))
-    gaps = 0.35 + rng.dirichlet(np.ones(k))*(2*np.pi - 0.35*k)  # angular gaps of at least 0.35 rad
-    t = rng.uniform(0, 2*np.pi) + np.cumsum(gaps)
-    v = np.stack([np.cos(t)*s*rng.uniform(0.6, 1), np.sin(t)*s*rng.uniform(0.6, 1)], 1)
-    mids = [_outward_mid(v[i], v[i+1], rng) if rng.random() < 0.4 else None for i in range(k-1)] + [None]
-    return Loop(v, mids)
-
-def _rounded_rect_loop(rng, s):
-    w, h = 2*s*rng.uniform(0.5, 1), 2*s*rng.uniform(0.3, 0.8)
-    v = np.array([(w/2, -h/2), (w/2, h/2), (-w/2, h/2), (-w/2, -h/2)])  # counter-clockwise from the bottom right
-    mids = [np.array((w/2 + h/2*rng.uniform(0.4, 1), 0)), None, None, None]  # the right end bulges, up to a half circle
-    if rng.random() < 0.5: mids[2] = np.array((-w/2 - h/2*rng.uniform(0.4, 1), 0))  # and often the left end too
-    elif rng.random() < 0.5: mids[1] = _outward_mid(v[1], v[2], rng, 0.1, 0.3)      # or the top edge, gently
-    return Loop(v, mids)
-
-# %% ../nbs/00_data.ipynb #baf3d618
-def _slot_loop(rng, s):
-    L, rad = s*rng.uniform(0.5, 1.4), s*rng.uniform(0.25, 0.6)
-    v = np.array([(L/2, -rad), (L/2, rad), (-L/2, rad), (-L/2, -rad)])
-    return Loop(v, [np.array((L/2+rad, 0)), None, np.array((-L/2-rad, 0)), None])
-
-def _notched_loop(rng, s):
-    W, H = 2*s*rng.uniform(0.6, 1), 2*s*rng.uniform(0.5, 1)
-    x0, x1, y0, y1 = -W/2, W/2, -H/2, H/2
-    nw, nh = W*rng.uniform(0.25, 0.55), H*rng.uniform(0.25, 0.6)
-    kind = rng.choice(['L', 'U', 'T'])
-    if kind == 'L': pts = [(x0, y0), (x1, y0), (x1, y1-nh), (x1-nw, y1-nh), (x1-nw, y1), (x0, y1)]
-    elif kind == 'U':
-        c = rng.uniform(x0+nw/2+0.15*W, x1-nw/2-0.15*W)
-        pts = [(x0, y0), (x1, y0), (x1, y1), (c+nw/2, y1), (c+nw/2, y1-nh), (c-nw/2, y1-nh), (c-nw/2, y1), (x0, y1)]
-    else:
-        nw = min(nw, 0.35*W)
-        pts = [(x0, y0), (x1, y0), (x1, y1-nh), (x1-nw, y1-nh), (x1-nw, y1), (x0+nw, y1), (x0+nw, y1-nh), (x0, y1-nh)]
-    return Loop(np.array(pts, float), [None]*len(pts))
-
-# %% ../nbs/00_data.ipynb #26caf8e8
-def _interior_point(shape, rng, margin, tries=40):
-    "A random point at least `margin` inside `shape`, or None."
-    lo, hi = shape.bbox()
-    pts = rng.uniform(lo, hi, size=(tries, 2))
-    ok = np.flatnonzero(shape.sdf(pts) <= -margin)
-    return pts[ok[0]] if len(ok) else None
-
-def _placed(shape, at, rng, margin):
-    "Translate `shape` so that one of its interior points (>= margin deep) lies on `at`; None if it has none."
-    p = _interior_point(shape, rng, margin)
-    if p is None: return None
-    return shape.moved(1, *(p - np.asarray(at, float)))
-
-# %% ../nbs/00_data.ipynb #b1b1a268
-LOOP_FAMILIES = {'convex': _convex_loop, 'rounded': _rounded_rect_loop, 'slot': _slot_loop, 'notched': _notched_loop}
-
-def random_shape(rng: np.random.Generator, s: float, # size scale (about the half-size)
-                 kinds=('circle', 'rect', 'loop'), p=(0.3, 0.35, 0.35)):
-    "One random circle, rotated rectangle or line/arc loop of size about `s`, centred near the origin."
-    kind = rng.choice(kinds, p=p)
-    if kind == 'circle': return Circle(0., 0., s*rng.uniform(0.5, 1))
-    angle = 0 if rng.random() < 0.5 else int(rng.integers(-89, 90))
-    if kind == 'rect': return Rect(0., 0., 2*s*rng.uniform(0.4, 1), 2*s*rng.uniform(0.3, 1), angle)
-    fam = list(LOOP_FAMILIES)[rng.choice(4, p=[0.35, 0.2, 0.2, 0.25])]
-    loop = LOOP_FAMILIES[fam](rng, s)
-    return Loop(_rot(loop.verts, angle), [None if m is None else _rot(m[None], angle)[0] for m in loop.mids])
 
 # %% ../nbs/00_data.ipynb #be83edf2
 PLANE_AXES = {'XY': (0, 1, 2), 'YZ': (1, 2, 0), 'ZX': (2, 0, 1)}  # world axes of a workplane's u, v and normal
@@ -284,8 +55,8 @@ def _ring_quantised(ring, shape):
 
 def _ring_emit(ring) -> str:
     if ring is None: return ''
-    if isinstance(ring, Circle): return f".circle({_fmt(ring.r)},mode='s')"
-    return f".rect({_fmt(ring.w)},{_fmt(ring.h)},mode='s')"
+    if isinstance(ring, Circle): return f".circle({fmt_number(ring.r)},mode='s')"
+    return f".rect({fmt_number(ring.w)},{fmt_number(ring.h)},mode='s')"
 
 def _hole_is_clear(hole, added, other_holes, margin):
     "A hole must lie inside one added shape and keep `margin` from every added shape's outline and every other hole."
@@ -358,7 +129,7 @@ class Extrusion(_Body):
     def emit(self, wname='w0') -> str:
         sk = ''.join(x.emit('a', i == 0, wname) + _ring_emit(r) for i, (x, r) in enumerate(zip(self.shapes, self.inner + [None]*len(self.shapes))))
         sk += ''.join(x.emit('s', False, wname) for x in self.holes)
-        return f'{wname}.sketch(){sk}.finalize().extrude({_fmt(self.height)})'
+        return f'{wname}.sketch(){sk}.finalize().extrude({fmt_number(self.height)})'
 
 # %% ../nbs/00_data.ipynb #c9a76dfc
 @dataclass
@@ -377,10 +148,10 @@ class Primitive(_Body):
     def is_sound(self, margin=1., min_size=2) -> bool: return abs(self.height) >= min_size and self.footprint.is_sound(min_size)
     def emit(self, wname='w0') -> str:
         f = self.footprint
-        move = '' if self.style == 2 and f.x == f.y == 0 else f'.moveTo({_fmt(f.x, True)},{_fmt(f.y, True)})'
-        place = f'{wname}.workplane(offset={_fmt(self.height)}/2){move}'
-        if isinstance(f, Circle): return f'{place}.cylinder({_fmt(abs(self.height))},{_fmt(f.r)})'
-        return f'{place}.box({_fmt(f.w)},{_fmt(f.h)},{_fmt(abs(self.height))})'
+        move = '' if self.style == 2 and f.x == f.y == 0 else f'.moveTo({fmt_number(f.x, True)},{fmt_number(f.y, True)})'
+        place = f'{wname}.workplane(offset={fmt_number(self.height)}/2){move}'
+        if isinstance(f, Circle): return f'{place}.cylinder({fmt_number(abs(self.height))},{fmt_number(f.r)})'
+        return f'{place}.box({fmt_number(f.w)},{fmt_number(f.h)},{fmt_number(abs(self.height))})'
 
 # %% ../nbs/00_data.ipynb #e0ed8eb7
 @dataclass
@@ -408,7 +179,7 @@ class Part:
         for b in self.bodies:
             if (b.plane, b.origin) not in names:
                 names[b.plane, b.origin] = n = f'w{len(names)}'
-                o = ','.join(_fmt(v) for v in to_world(b.plane, b.origin, (0, 0, 0)))
+                o = ','.join(fmt_number(v) for v in to_world(b.plane, b.origin, (0, 0, 0)))
                 lines.append(f"{n}=cq.Workplane('{b.plane}',origin=({o}))")
         groups = _shared_sketches(self.bodies) if self.style == 2 else [[b] for b in self.bodies]
         body = [_merged(g).emit(names[g[0].plane, g[0].origin]) for g in groups]
@@ -448,7 +219,7 @@ def _random_hole(rng, c, room):
         phi = rng.uniform(0.35, 1.2); return Rect(*c, 2*r*math.cos(phi), 2*r*math.sin(phi), ang)
     rad = r*rng.uniform(0.3, 0.5); half = (r - rad)*rng.uniform(0.5, 1)
     v = np.array([(half, -rad), (half, rad), (-half, rad), (-half, -rad)])
-    loop = Loop(_rot(v, ang) + c, [_rot([(half+rad, 0)], ang)[0] + c, None, _rot([(-half-rad, 0)], ang)[0] + c, None])
+    loop = Loop(rotate(v, ang) + c, [rotate([(half+rad, 0)], ang)[0] + c, None, rotate([(-half-rad, 0)], ang)[0] + c, None])
     return loop
 
 # %% ../nbs/00_data.ipynb #5594d6c4
@@ -457,17 +228,17 @@ def _random_sketch(rng, at, avoid=None):
     s = rng.uniform(20, 80)
     first = None
     for _ in range(5):
-        first = _placed(random_shape(rng, s), at, rng, MARGIN)
+        first = place_over(random_shape(rng, s), at, rng, MARGIN)
         if first is not None: break
     if first is None: return None
     shapes, refs = [first], []
     for _ in range(rng.choice(3, p=[0.65, 0.27, 0.08])):
-        p = _interior_point(shapes[rng.integers(len(shapes))], rng, MARGIN)
-        new = None if p is None else _placed(random_shape(rng, s*rng.uniform(0.3, 0.8)), p, rng, MARGIN)
+        p = interior_point(shapes[rng.integers(len(shapes))], rng, MARGIN)
+        new = None if p is None else place_over(random_shape(rng, s*rng.uniform(0.3, 0.8)), p, rng, MARGIN)
         if new is not None: shapes.append(new); refs.append(p)
     holes = []
     for _ in range(rng.choice(4, p=[0.4, 0.32, 0.18, 0.1])):
-        c = _interior_point(shapes[rng.integers(len(shapes))], rng, MARGIN)
+        c = interior_point(shapes[rng.integers(len(shapes))], rng, MARGIN)
         if c is None or any(h.sdf([c])[0] <= 0 for h in holes): continue
         room = min([abs(x.sdf([c])[0]) for x in shapes] + [h.sdf([c])[0] for h in holes] +
                    ([np.hypot(*(c - avoid))] if avoid is not None else [])) - MARGIN
@@ -557,7 +328,7 @@ def _v2_shape(rng, s, p_circle=0.35, p_rect=0.16, p_return=0.27):
     if kind == 1: return GridRect(0., 0., 2*s*rng.uniform(0.4, 1), 2*s*rng.uniform(0.3, 1))
     loop = V2_LOOP_FAMILIES[list(V2_LOOP_FAMILIES)[rng.choice(5, p=[0.3, 0.15, 0.12, 0.15, 0.28])]](rng, s)
     angle = 0 if rng.random() < 0.5 else rng.uniform(-90, 90)
-    return Loop(_rot(loop.verts, angle), [None if m is None else _rot(m[None], angle)[0] for m in loop.mids],
+    return Loop(rotate(loop.verts, angle), [None if m is None else rotate(m[None], angle)[0] for m in loop.mids],
                 'return' if rng.random() < p_return else 'close')
 
 def _v2_ring(rng, shape):
@@ -572,14 +343,14 @@ def _v2_sketch(rng, s):
     "Added shapes (one or two, overlapping), their centred holes and up to two pushed holes, around the origin."
     shapes, refs = [_v2_shape(rng, s)], []
     if rng.random() < 0.2:
-        p = _interior_point(shapes[0], rng, MARGIN)
-        new = None if p is None else _placed(_v2_shape(rng, s*rng.uniform(0.3, 0.8)), p, rng, MARGIN)
+        p = interior_point(shapes[0], rng, MARGIN)
+        new = None if p is None else place_over(_v2_shape(rng, s*rng.uniform(0.3, 0.8)), p, rng, MARGIN)
         if new is not None: shapes.append(new); refs.append(p)
     inner = [_v2_ring(rng, x) if isinstance(x, (Circle, Rect)) and rng.random() < 0.3 else None for x in shapes]
     inner = [r if r is not None and _ring_is_clear(r, i, shapes, MARGIN) else None for i, r in enumerate(inner)]
     holes, taken = [], [r for r in inner if r is not None]
     for _ in range(rng.choice(3, p=[0.7, 0.2, 0.1])):
-        c = _interior_point(shapes[rng.integers(len(shapes))], rng, MARGIN)
+        c = interior_point(shapes[rng.integers(len(shapes))], rng, MARGIN)
         if c is None or any(h.sdf([c])[0] <= 0 for h in taken): continue
         room = min([abs(x.sdf([c])[0]) for x in shapes] + [h.sdf([c])[0] for h in taken]) - MARGIN
         if room < 3: continue
@@ -600,7 +371,7 @@ def _v2_body(rng, plane, origin, depth=None):
 
 def _slid_clear(body, placed, rng, step=3., tries=400):
     "`body` moved in its plane along a random direction until its box is `V2_GAP` from every placed body (None: no room)."
-    d = _rot([(1., 0.)], rng.uniform(0, 360))[0]
+    d = rotate([(1., 0.)], rng.uniform(0, 360))[0]
     boxes = [b.bbox() for b in placed]
     for k in range(tries):
         moved = body.moved(1, to_world(body.plane, 0, (*(-k*step*d), 0)))

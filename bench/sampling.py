@@ -10,7 +10,8 @@ One command, one GPU, about 5 minutes. In order, each result printed as a JSON l
    the two compute the logits with different kernels).
 2. `sampling`: Qwen2-1.5B shapes, random bf16 weights, `--candidates` per part, temperature `--temperature`, top-p
    `--top-p`, exactly `--new-tokens` tokens (END masked until then), for each number of parts in `--parts` and each
-   variant in `--variants` ('compiled': compiled layer pieces in CUDA graphs; 'graphed': the eager pieces in CUDA
+   variant in `--variants` ('matmul': compiled layer pieces in CUDA graphs, the attention in plain matmuls, the
+   default; 'flex': the same with the attention in FlexAttention's kernels; 'graphed': the eager pieces in CUDA
    graphs): first-call seconds (prefill, compile, record, decode), samples/s and ms per step of a second call, peak
    memory, and the step's floors: bytes read / `--bandwidth` and matmul FLOPs / `--matmul-flops`.
 3. `greedy`: `--greedy-tokens` tokens at batch `--greedy-batch`, today's `greedy_decode_static` and the new path.
@@ -35,7 +36,9 @@ START, END = 151644, 151643   # Qwen2's <|im_start|> and <|endoftext|>
 N_POINTS = 256
 # today's figures (the issue: greedy_decode_static, greedy, 400 new tokens, one H200): rows -> (samples/s, ms/step)
 TODAY = {64: (44.7, 3.58), 128: (68.1, 4.70), 256: (88.1, 7.27), 512: (101.5, 12.62)}
-VARIANTS = {'compiled': dict(graphed=True, compiled=True), 'graphed': dict(graphed=True, compiled=False)}
+VARIANTS = {'flex': dict(graphed=True, compiled=True, attention='flex'),        # FlexAttention (second pass)
+            'matmul': dict(graphed=True, compiled=True, attention='matmul'),    # the default (the first pass's 'compiled')
+            'graphed': dict(graphed=True, compiled=False)}
 
 
 def sync(device):
@@ -137,7 +140,7 @@ def main():
     ap.add_argument('--candidates', type=int, default=16); ap.add_argument('--temperature', type=float, default=1.0)
     ap.add_argument('--top-p', type=float, default=1.0); ap.add_argument('--new-tokens', type=int, default=400)
     ap.add_argument('--bucket', type=int, default=64, help='suffix lengths read: multiples of this')
-    ap.add_argument('--variants', default='compiled,graphed', help=f'new-path variants: {", ".join(VARIANTS)}')
+    ap.add_argument('--variants', default='matmul,flex', help=f'new-path variants: {", ".join(VARIANTS)}')
     ap.add_argument('--greedy-tokens', type=int, default=768); ap.add_argument('--greedy-batch', type=int, default=64)
     ap.add_argument('--old-rows', default='', help="re-measure today's greedy decoder at --new-tokens for these batches")
     ap.add_argument('--skip-agreement', action='store_true')

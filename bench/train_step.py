@@ -49,9 +49,10 @@ def load_peer(path):
 
 
 def length_pool(spec:str, seed:int=0) -> list[int]:
-    "Code-token lengths: 'data:DIR' (DIR's train programs, DIR's tokenizer), 'uniform:LO:HI' or a JSON list file."
-    if spec.startswith('data:'):
-        root = Path(spec[5:]); tok = load_tokenizer(root/'tokenizer')
+    "Code-token lengths: 'data:DIR' or 'qwen2:DIR' (DIR's train programs under DIR's tokenizer or Qwen2's), 'uniform:LO:HI' or a JSON list file."
+    if spec.startswith(('data:', 'qwen2:')):
+        kind, _, root = spec.partition(':'); root = Path(root)
+        tok = load_tokenizer(root/'tokenizer' if kind == 'data' else 'qwen2')
         return [len(t) for t in tok(CADRecodeDataset(root, 'train').codes, add_special_tokens=False)['input_ids']]
     if spec.startswith('uniform:'):
         lo, hi = map(int, spec.split(':')[1:]); rng = random.Random(seed)
@@ -345,7 +346,7 @@ def profile_kit(pool, args, device, variant='kit') -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--peer', default='.bench_peer/naive_hf_step.py', help='path of naive_hf_step.py')
-    ap.add_argument('--lengths', default='uniform:120:700', help="'data:DIR', 'uniform:LO:HI' or a JSON list")
+    ap.add_argument('--lengths', default='uniform:120:700', help="'data:DIR', 'qwen2:DIR', 'uniform:LO:HI' or a JSON list")
     ap.add_argument('--data', default='data/small', help='dataset for --curve')
     ap.add_argument('--batch', type=int, default=18); ap.add_argument('--micro', type=int, default=0, help='micro-batch (0 = batch)')
     ap.add_argument('--steps', type=int, default=10); ap.add_argument('--warmup', type=int, default=4)

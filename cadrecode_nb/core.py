@@ -369,11 +369,11 @@ def error_message(e: BaseException, max_lines: int = 2) -> str:
     lines = [l for l in str(e).strip().splitlines() if l.strip()] or [type(e).__name__]
     return '\n'.join(lines[:max_lines])
 
-def run_command(prog: str, main: Callable[[list[str]], Any], argv: Sequence[str] | None = None):
-    "Call `main(argv)`; expected failures end in `prog: error: ...` on stderr and exit status 2 (--debug: traceback)."
+def run_command(prog: str, main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
+    "Call `main(argv)`: None on success (exit status 0); expected failures end in `prog: error: ...` on stderr and exit status 2 (--debug: traceback)."
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = '--debug' in argv
-    try: return main(argv)
+    try: main(argv)
     except EXPECTED_ERRORS as e:
         if debug: raise
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)

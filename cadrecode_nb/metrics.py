@@ -79,7 +79,8 @@ def mesh_chamfer_distance(mesh_a:trimesh.Trimesh, mesh_b:trimesh.Trimesh, n_poin
 # %% ../nbs/04a_metrics.ipynb #e1e8c10e
 def volume_components(mesh:trimesh.Trimesh) -> list[trimesh.Trimesh]:
     "The closed, consistently wound components of `mesh` (the only ones with a volume)"
-    return [c for c in mesh.split(only_watertight=True) if c.is_volume]
+    with np.errstate(divide='ignore', invalid='ignore'):   # a closed but flat piece: trimesh divides by its zero volume
+        return [c for c in mesh.split(only_watertight=True) if c.is_volume]
 
 def _volume(m:trimesh.Trimesh) -> float: return float(m.volume) if len(m.faces) else 0.  # empty: no mass properties
 

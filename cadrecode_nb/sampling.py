@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+from torch.nn.attention.flex_attention import flex_attention
+try: from torch.nn.attention.flex_attention import AuxRequest   # torch >= 2.9: the log-sum-exp asked for this way
+except ImportError: AuxRequest = None
 from .model import CACHE_ARG, CADRecode, _generated_length, prompt_embeds
 
 # %% auto #0
 __all__ = ['kv_bytes_per_position', 'decode_step_bytes', 'logits_warpers', 'draw_noise', 'pick_tokens', 'prefill_parts',
-           'shared_prefix_attention', 'SharedPromptDecoder', 'shared_prompt_decode']
+           'shared_prefix_attention', 'flex_prefix_attention', 'SharedPromptDecoder', 'shared_prompt_decode']
 
 # %% ../nbs/02a_sampling.ipynb #ec98bffb
 def kv_bytes_per_position(config, dtype_bytes: int = 2) -> int:
@@ -98,6 +101,28 @@ def shared_prefix_attention(q: torch.Tensor,           # (B*k, Hq, D) one query 
     lse = torch.logaddexp(lse1, lse2)
     return (torch.exp(lse1 - lse) * o1 + torch.exp(lse2 - lse) * o2).reshape(bk, hq, d).to(q.dtype)
 
+# %% ../nbs/02a_sampling.ipynb #442dfe91
+def _flex_with_lse(q, k, v, scale: float, score_mod=None) -> tuple:
+    "FlexAttention with GQA, returning (output, log-sum-exp of the scores) in the way this torch version asks."
+    if AuxRequest is not None:
+        out, aux = flex_attention(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=True, return_aux=AuxRequest(lse=True))
+        return out, aux.lse
+    return flex_attention(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=True, return_lse=True)
+
+def flex_prefix_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
+                          suffix_k: torch.Tensor, suffix_v: torch.Tensor, filled: torch.Tensor,
+                          scaling: float) -> torch.Tensor:
+    "`shared_prefix_attention` (same arguments and result) in FlexAttention's kernels: prefix per part, suffix per row, merged."
+    bk, hq, d = q.shape
+    b = prefix_k.shape[0]
+    o1, lse1 = _flex_with_lse(q.view(b, bk // b, hq, d).transpose(1, 2), prefix_k, prefix_v, scaling)  # (b, Hq, k, .)
+    o1, lse1 = o1.transpose(1, 2).reshape(bk, hq, d), lse1.transpose(1, 2).reshape(bk, hq, 1)
+    unfilled_out = lambda score, row, head, q_idx, kv_idx: torch.where(filled[kv_idx], score, float('-inf'))
+    o2, lse2 = _flex_with_lse(q[:, :, None], suffix_k, suffix_v, scaling, unfilled_out)               # (B*k, Hq, 1, .)
+    o2, lse2 = o2[:, :, 0], lse2[:, :, 0, None]
+    lse = torch.logaddexp(lse1, lse2)
+    return (torch.exp(lse1 - lse) * o1.float() + torch.exp(lse2 - lse) * o2.float()).to(q.dtype)
+
 # %% ../nbs/02a_sampling.ipynb #bb3a7596
 def _attention_inputs(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple:
     "A layer up to its attention, for one new position per row: q (R, Hq, D); k, v (R, Hkv, 1, D), RoPE applied."
@@ -116,27 +141,28 @@ def _head_and_pick(model, x, done, allow_end, end_id: int, pad_id: int, warpers:
     "Final norm, LM head, then `pick_tokens`."
     return pick_tokens(model.lm_head(model.model.norm(x))[:, 0], done, allow_end, end_id, pad_id, warpers, noise)
 
-# one namespace per way of running them: eager (CPU), or compiled once for all layers (GPU). The attention's
-# suffix length changes with the bucket: compiled with dynamic shapes (one compile for all buckets)
+# one namespace per way of running them: eager (CPU), or compiled once for all layers (GPU), with the attention in
+# plain matmuls ('matmul', the default: measured faster) or in FlexAttention's kernels ('flex'), compiled with
+# dynamic shapes (one compile for all buckets)
 _EAGER = SimpleNamespace(inputs=_attention_inputs, attention=shared_prefix_attention,
                          rest=_attention_output_and_mlp, head=_head_and_pick)
-_COMPILED = SimpleNamespace(
-    inputs=torch.compile(_attention_inputs, fullgraph=True, dynamic=False),
-    attention=torch.compile(shared_prefix_attention, fullgraph=True, dynamic=True,
-                            options={'triton.coalesce_tiling_analysis': False}),   # see speed.compile_layers
-    rest=torch.compile(_attention_output_and_mlp, fullgraph=True, dynamic=False),
-    head=torch.compile(_head_and_pick, fullgraph=True, dynamic=False))
+_compile = lambda fn, **kw: torch.compile(fn, fullgraph=True, **kw)
+_COMPILED_PIECES = dict(inputs=_compile(_attention_inputs, dynamic=False),
+                        rest=_compile(_attention_output_and_mlp, dynamic=False), head=_compile(_head_and_pick, dynamic=False))
+_COMPILED = {'flex': SimpleNamespace(**_COMPILED_PIECES, attention=_compile(flex_prefix_attention, dynamic=True)),
+             'matmul': SimpleNamespace(**_COMPILED_PIECES, attention=_compile(
+                 shared_prefix_attention, dynamic=True, options={'triton.coalesce_tiling_analysis': False}))}  # see speed.compile_layers
 
 # %% ../nbs/02a_sampling.ipynb #c6e7b7d1
 class SharedPromptDecoder:
     "Static buffers and one step per suffix bucket for `parts` prompts with `candidates` rows each (see `shared_prompt_decode`)."
     def __init__(self, model: CADRecode, parts: int, candidates: int, prompt_len: int, max_new_tokens: int,
                  end_id: int, pad_id: int, warpers: tuple = (), sampling: bool = False,
-                 bucket: int = 64, graphed: bool = False, compiled: bool = False):
+                 bucket: int = 64, graphed: bool = False, compiled: bool = False, attention: str = 'matmul'):
         cfg, dev, dt = model.config, model.device, model.dtype
         self.model, self.k, self.rows, self.max_new, self.bucket = model, candidates, parts * candidates, max_new_tokens, bucket
         self.end_id, self.pad_id, self.warpers, self.graphed = end_id, pad_id, warpers, graphed
-        self.fns = _COMPILED if compiled else _EAGER
+        self.fns = _COMPILED[attention] if compiled else _EAGER
         hkv, d, length = cfg.num_key_value_heads, model.model.layers[0].self_attn.head_dim, -(-max_new_tokens // bucket) * bucket
         zeros = lambda *shape: torch.zeros(*shape, device=dev, dtype=dt)   # zeros: unfilled slots are masked, never NaN
         self.prefix = [(zeros(parts, hkv, prompt_len, d), zeros(parts, hkv, prompt_len, d)) for _ in model.model.layers]
@@ -228,6 +254,7 @@ def shared_prompt_decode(model: CADRecode,
                          seed: int | None = None,        # the sampling generator's seed (None: drawn from torch's RNG)
                          graphed: bool | None = None,    # one CUDA graph per bucket (default: on a GPU)
                          compiled: bool | None = None,   # compile the layer's pieces once (default: on a GPU)
+                         attention: str = 'matmul',      # compiled attention: 'matmul' or 'flex' (FlexAttention)
                          bucket: int = 64,               # suffix lengths read: multiples of this
                          check_every: int = 32,          # steps between the host's "all finished?" checks
                          return_scores: bool = False,    # also the processed scores of every step (eager only; tests)
@@ -238,14 +265,15 @@ def shared_prompt_decode(model: CADRecode,
     points = points.to(device=model.device, dtype=torch.float32)
     graphed = points.is_cuda if graphed is None else graphed
     compiled = points.is_cuda if compiled is None else compiled
+    if attention not in _COMPILED: raise ValueError(f"attention must be one of {list(_COMPILED)}, got {attention!r}")
     if return_scores and graphed: raise ValueError("return_scores needs graphed=False: a graph's scores are overwritten")
     warpers, pad_id = logits_warpers(temperature, top_p) if do_sample else (), end_id if pad_id is None else pad_id
     logits, prefix = prefill_parts(model, points, start_id)
     key = (len(points), num_candidates, prefix[0][0].shape[2], max_new_tokens, end_id, pad_id, do_sample, temperature,
-           top_p, bucket, graphed, compiled, model.dtype, str(model.device))
+           top_p, bucket, graphed, compiled, attention, model.dtype, str(model.device))
     decoder = _held_decoder(model, key, lambda: SharedPromptDecoder(
         model, len(points), num_candidates, prefix[0][0].shape[2], max_new_tokens, end_id, pad_id, warpers, do_sample,
-        bucket, graphed, compiled))
+        bucket, graphed, compiled, attention))
     generator = _generator(model.device, seed) if do_sample else None
     out, scores = decoder.run(logits, prefix, generator, min_new_tokens, check_every, return_scores)
     return (out, scores) if return_scores else out

@@ -24,8 +24,9 @@ FLAT_STL = 'solid x\nfacet normal 0 0 1\nouter loop\nvertex 0 0 0\nvertex 1 0 0\
 
 def call(main, argv, capsys) -> tuple[int, str, str]:
     "(exit status, stdout, stderr) of a console script's `main(argv)` in this process"
-    try: main([str(a) for a in argv]); code = 0
+    try: code = main([str(a) for a in argv])   # a console script does sys.exit(main()): None is 0, an object prints and is 1
     except SystemExit as e: code = e.code
+    code = 0 if code is None else code if isinstance(code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
 

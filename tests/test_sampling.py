@@ -6,7 +6,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from cadrecode_nb.model import CADRecode, tiny_config, generate_token_ids, greedy_decode_static, prompt_embeds, generate_programs
 from cadrecode_nb.sampling import (decode_step_bytes, draw_noise, kv_bytes_per_position, logits_warpers, pick_tokens,
-                                   prefill_parts, shared_prefix_attention, shared_prompt_decode)
+                                   prefill_parts, shared_prefix_attention, flex_prefix_attention, shared_prompt_decode)
 
 START = 1
 
@@ -21,7 +21,9 @@ def wild():
     return model, clouds, end
 
 
-def test_attention_equals_sdpa_over_the_concatenation():
+@pytest.mark.filterwarnings('ignore')   # flex_attention warns when it runs uncompiled
+@pytest.mark.parametrize('attention', [shared_prefix_attention, flex_prefix_attention])
+def test_attention_equals_sdpa_over_the_concatenation(attention):
     "Prefix per part + suffix per row, merged by log-sum-exp == one softmax over [prefix; filled suffix], GQA and all."
     torch.manual_seed(1)
     b, k, hq, hkv, d, p, length = 2, 3, 6, 2, 8, 11, 9
@@ -32,9 +34,10 @@ def test_attention_equals_sdpa_over_the_concatenation():
         keys = torch.cat([pk.repeat_interleave(k, 0), sk[:, :, :n]], 2).repeat_interleave(hq // hkv, 1)
         values = torch.cat([pv.repeat_interleave(k, 0), sv[:, :, :n]], 2).repeat_interleave(hq // hkv, 1)
         ref = F.scaled_dot_product_attention(q[:, :, None], keys, values, scale=0.3)[:, :, 0]
-        torch.testing.assert_close(shared_prefix_attention(q, pk, pv, sk, sv, filled, 0.3), ref, rtol=1e-5, atol=1e-5)
-    sk[:, :, 5:] = float('nan')   # unfilled slots never reach the output
-    assert torch.isfinite(shared_prefix_attention(q, pk, pv, sk.nan_to_num(0), sv, torch.arange(length) < 5, 0.3)).all()
+        torch.testing.assert_close(attention(q, pk, pv, sk, sv, filled, 0.3), ref, rtol=1e-5, atol=1e-5)
+    sk[:, :, 5:] = 1e4   # huge keys in unfilled slots never reach the output
+    torch.testing.assert_close(attention(q, pk, pv, sk, sv, torch.arange(length) < 5, 0.3),
+                               attention(q, pk, pv, sk[:, :, :5], sv[:, :, :5], torch.ones(5, dtype=torch.bool), 0.3))
 
 
 def test_pick_tokens_draws_what_multinomial_draws():
@@ -118,6 +121,7 @@ def test_bad_arguments(wild):
     with pytest.raises(ValueError, match='do_sample'): shared_prompt_decode(model, clouds, START, end, num_candidates=2)
     with pytest.raises(ValueError, match='top_p'): shared_prompt_decode(model, clouds, START, end, do_sample=True, top_p=1.5)
     with pytest.raises(ValueError, match='temperature'): shared_prompt_decode(model, clouds, START, end, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match='attention'): shared_prompt_decode(model, clouds, START, end, attention='paged')
     with pytest.raises(ValueError, match='graphed=False'):
         shared_prompt_decode(model, clouds, START, end, graphed=True, return_scores=True)
 

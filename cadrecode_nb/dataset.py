@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_dataset.ipynb #1e7b5d94
 from __future__ import annotations
-import argparse, dataclasses, hashlib, importlib, io, itertools, json, math, sys, time, warnings, zipfile
+import argparse, dataclasses, hashlib, importlib, io, itertools, json, math, shutil, sys, time, warnings, zipfile
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -27,7 +27,8 @@ from .sandbox import CadWorkerPool
 
 # %% auto #0
 __all__ = ['DATASET_FORMAT', 'QWEN2_SPLIT', 'DataConfig', 'DatasetError', 'train_code_tokenizer', 'load_tokenizer',
-           'read_manifest', 'manifest_summary', 'write_dataset', 'CADRecodeDataset', 'PointCodeCollator', 'main']
+           'read_manifest', 'manifest_summary', 'write_dataset', 'CADRecodeDataset', 'copy_split', 'PointCodeCollator',
+           'main']
 
 # %% ../nbs/00d_dataset.ipynb #2e96e672
 def _dataset_postprocess(mesh, index, n_surface=8192, n_points=N_POINTS, decimals=3, seed=0) -> dict:
@@ -406,6 +407,49 @@ class CADRecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return dict(points=torch.from_numpy(dequantize_points(self.points[i])), code=self.codes[i], index=int(i))
     def __repr__(self): return f"CADRecodeDataset({str(self.root)!r}, split={self.split!r}): {len(self)} samples"
+
+# %% ../nbs/00d_dataset.ipynb #8378df04
+def _source_shards(root:Path) -> list[Path]:
+    "The shard files of `root` in order: the manifest's (checked) when finished, else those written so far."
+    if (root / 'manifest.json').exists():
+        files = [root / e['file'] for e in read_manifest(root)['shards']]
+        for path, e in zip(files, read_manifest(root)['shards']):
+            if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != e['sha256']:
+                raise DatasetError(f"{path} is missing or does not match its manifest checksum: rebuild {root} with cadrecode_data")
+        return files
+    files = []
+    while (root / f'shard_{len(files):05d}.npz').exists(): files.append(root / f'shard_{len(files):05d}.npz')
+    return files
+
+def copy_split(root, out, split:str='test', limit:int|None=None) -> dict:
+    "A dataset in `out` holding the first `limit` items of `split` of `root` (the same items, in order); its manifest."
+    if split not in SPLITS: raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    root, out, code = Path(root), Path(out), SPLITS.index(split)
+    parts, n, fp = {k: [] for k in ('points', 'codes', 'geometry_hash', 'program_hash')}, 0, None
+    for path in _source_shards(root):
+        if limit is not None and n >= limit: break
+        a = _read_shard(path)
+        if a is None: raise DatasetError(f"{path} is unreadable: rebuild {root} with cadrecode_data")
+        mine = np.flatnonzero(a['split'] == code)[:None if limit is None else limit - n]
+        codes = _shard_codes(a)
+        for k in ('points', 'geometry_hash', 'program_hash'): parts[k].append(a[k][mine])
+        parts['codes'] += [codes[i] for i in mine]; n += len(mine); fp = a['meta']['fingerprint']
+    if n == 0: raise DatasetError(f"{root} has no {split!r} item (yet): nothing to copy")
+    blobs = [c.encode() for c in parts['codes']]
+    meta = dict(shard=0, n_samples=n, chunks=0, attempted=n, rejections={}, fingerprint=fp,
+                derived=f"{root}: the first {n} items of split {split!r}")
+    arrays = dict(points=np.concatenate(parts['points']), code_bytes=np.frombuffer(b''.join(blobs), np.uint8),
+                  code_offsets=np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64),
+                  split=np.full(n, code, np.uint8), geometry_hash=np.concatenate(parts['geometry_hash']),
+                  program_hash=np.concatenate(parts['program_hash']), meta=np.frombuffer(_json_bytes(meta), np.uint8))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(out / 'shard_00000.npz') as f: _write_npz(f, arrays)
+    if (root / 'tokenizer').is_dir(): shutil.copytree(root / 'tokenizer', out / 'tokenizer', dirs_exist_ok=True)
+    cfg = DataConfig(**{k: v for k, v in fp.items() if k in DataConfig.__dataclass_fields__}, n_samples=n,
+                     generator=fp['generator_version'])
+    manifest = _make_manifest(cfg, [(out / 'shard_00000.npz', _read_shard(out / 'shard_00000.npz'))]) | dict(derived=meta['derived'])
+    atomic_write(out / 'manifest.json', _json_bytes(manifest))
+    return manifest
 
 # %% ../nbs/00d_dataset.ipynb #5ec1b76e
 class PointCodeCollator:

@@ -20,13 +20,14 @@ from .model import CADRecode, decode_programs
 from .run_parts import ResumableSampler, autocast_for
 
 # %% auto #0
-__all__ = ['INVALID_REWARD', 'ALGORITHMS', 'RUN_KEYS', 'STAGES', 'reward_of', 'group_advantages', 'select_top_abs',
-           'sequence_batch', 'token_logprobs', 'clipped_loss', 'dpo_pairs', 'dpo_loss', 'RewardCache',
-           'candidate_reward', 'score_programs', 'make_targets', 'RLConfig', 'RLRun', 'sampling_seed',
-           'sampled_logprobs', 'sample_candidates', 'round_stats', 'score_candidates', 'cppo_step', 'dpo_step',
-           'policy_batch', 'update_policy', 'round_inputs', 'mine_hard', 'stage_mine_sample', 'stage_mine_score',
-           'stage_sample', 'stage_score', 'stage_update', 'stage_export', 'parse_rl_stages', 'run_config', 'run_online',
-           'run_rl', 'read_rounds', 'plot_rounds', 'rl_parser', 'main']
+__all__ = ['INVALID_REWARD', 'ALGORITHMS', 'RUN_KEYS', 'LORA_TARGETS', 'STAGES', 'reward_of', 'group_advantages',
+           'select_top_abs', 'sequence_batch', 'token_logprobs', 'clipped_loss', 'dpo_pairs', 'dpo_loss', 'RewardCache',
+           'candidate_reward', 'score_programs', 'make_targets', 'RLConfig', 'RLRun', 'add_lora', 'trained_state',
+           'load_trained', 'merged_policy', 'sampling_seed', 'sampled_logprobs', 'sample_candidates', 'round_stats',
+           'score_candidates', 'cppo_step', 'dpo_step', 'policy_batch', 'batch_slices', 'update_policy', 'round_inputs',
+           'mine_hard', 'stage_mine_sample', 'stage_mine_score', 'stage_sample', 'stage_score', 'stage_update',
+           'stage_export', 'parse_rl_stages', 'run_config', 'run_online', 'run_rl', 'read_rounds', 'plot_rounds',
+           'rl_parser', 'main']
 
 # %% ../nbs/06_rl.ipynb #5b894921
 INVALID_REWARD = -10.0   # a program that fails, times out or yields no solid
@@ -126,13 +127,20 @@ def candidate_reward(target, result, program: str) -> dict:
     iou = None if c['cd'] is None else (c['iou'] if c['iou'] is not None else 0.0)   # booleans that failed on a solid: IoU 0
     return dict(reward=reward_of(iou), iou=iou, cd=c['cd'], status=c['status'], invalid=iou is None)
 
-def score_programs(pool, targets: dict, jobs: Sequence[tuple], cache: RewardCache | None = None) -> list[dict]:
-    "Reward records of (input id, program) `jobs`: programs not in `cache` run once each, in parallel, in the sandbox `pool`."
+def score_programs(pool, targets: dict, jobs: Sequence[tuple], cache: RewardCache | None = None,
+                   chunk: int = 64) -> list[dict]:
+    "Reward records of (input id, program) `jobs`: those not in `cache` run in the sandbox `pool`, a chunk at a time."
+    from concurrent.futures import ThreadPoolExecutor
     cache = RewardCache() if cache is None else cache
-    todo = list(dict.fromkeys(p for t, p in jobs if cache.get(t, p) is None))
-    results = dict(zip(todo, pool.map(todo))) if todo else {}
-    for t, p in jobs:
-        if cache.get(t, p) is None: cache.put(t, p, candidate_reward(targets[t], results[p], p))
+    todo = list(dict.fromkeys((t, p) for t, p in jobs if cache.get(t, p) is None))
+    def reward_chunk(pairs, results):
+        for t, p in pairs: cache.put(t, p, candidate_reward(targets[t], results[p], p))
+    with ThreadPoolExecutor(1) as metrics:   # as the evaluation does: IoU of chunk i while the sandbox runs chunk i + 1
+        futures = []
+        for i in range(0, len(todo), chunk):
+            programs = list(dict.fromkeys(p for _, p in todo[i:i + chunk]))   # a program written for two inputs runs once
+            futures.append(metrics.submit(reward_chunk, todo[i:i + chunk], dict(zip(programs, pool.map(programs)))))
+        for f in futures: f.result()
     return [cache.get(t, p) for t, p in jobs]
 
 def make_targets(pool, inputs: dict, gt_cache=None) -> dict:
@@ -165,7 +173,10 @@ class RLConfig(Config):
     dpo_samples: int = 5           # dpo: K programs sampled per input; the best and the worst make a pair
     dpo_beta: float = 0.3          # dpo: beta
     batch_size: int = 128          # sequences per update: cppo takes `keep` per input (batch_size/keep inputs a round), dpo 2
-    updates: int = 3               # optimizer steps on each round's batch
+    updates: int = 3               # optimizer steps on each batch
+    batches_per_round: int = 1     # batches a round samples and trains on, one after another (1 = the recipe; see below)
+    lora_rank: int = 0             # 0: train every weight (the recipe); r > 0: train rank-r LoRA adapters instead (peft)
+    lora_alpha: float = 32.0       # LoRA's scale numerator: adapters add (alpha / rank) * B @ A to each weight
     clip_eps: float = 0.1          # cppo: ratios clipped to [1-eps, 1+eps]
     lr: float = 3e-5               # Adam's learning rate
     grad_clip: float = 0.0         # clip the gradient norm to this (0 = no clipping, as the recipe)
@@ -188,7 +199,9 @@ def validate(self: RLConfig):
     need = self.need
     need(self.algorithm in ALGORITHMS, 'algorithm', f"must be one of {ALGORITHMS}")
     for k in ('rounds', 'group_size', 'keep', 'dpo_samples', 'batch_size', 'updates', 'max_new_tokens', 'mine_samples',
-              'micro_batch_size', 'sample_batch'): need(getattr(self, k) >= 1, k, 'must be >= 1')
+              'micro_batch_size', 'sample_batch', 'batches_per_round'): need(getattr(self, k) >= 1, k, 'must be >= 1')
+    need(self.lora_rank >= 0, 'lora_rank', 'must be >= 0 (0 = train every weight)')
+    need(self.lora_alpha > 0, 'lora_alpha', 'must be > 0')
     need(self.keep <= self.group_size, 'keep', f'must be <= group_size={self.group_size}')
     need(self.dpo_samples >= 2, 'dpo_samples', 'must be >= 2 (a pair needs two programs)')
     need(self.batch_size % self.per_input == 0, 'batch_size',
@@ -201,7 +214,9 @@ def validate(self: RLConfig):
 @patch(as_prop=True)
 def per_input(self: RLConfig) -> int: return self.keep if self.algorithm == 'cppo' else 2
 @patch(as_prop=True)
-def inputs_per_round(self: RLConfig) -> int: return self.batch_size // self.per_input
+def inputs_per_batch(self: RLConfig) -> int: return self.batch_size // self.per_input
+@patch(as_prop=True)
+def inputs_per_round(self: RLConfig) -> int: return self.inputs_per_batch * self.batches_per_round
 @patch(as_prop=True)
 def samples_per_input(self: RLConfig) -> int: return self.group_size if self.algorithm == 'cppo' else self.dpo_samples
 
@@ -255,6 +270,44 @@ def dataset(self: RLRun):
         self._dataset, self.n_inputs = ds, n
     return self._dataset
 
+# %% ../nbs/06_rl.ipynb #6a7aa04a
+LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')   # every linear layer of Qwen2's decoder
+
+def add_lora(model: CADRecode, rank: int, alpha: float, seed: int = 0) -> CADRecode:
+    "Freeze `model` and give every linear layer of its decoder rank-`rank` LoRA adapters (peft); only they train."
+    from peft import LoraConfig, inject_adapter_in_model
+    model.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):   # A's random start from `seed`: every process of a run starts from the same adapters
+        torch.manual_seed(seed)
+        return inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                  target_modules=list(LORA_TARGETS)), model)
+
+def trained_state(model: CADRecode, lora_rank: int) -> dict:
+    "What a checkpoint keeps of the policy: every weight, or only the LoRA adapters."
+    if not lora_rank: return model.state_dict()
+    from peft import get_peft_model_state_dict
+    return get_peft_model_state_dict(model)
+
+def load_trained(model: CADRecode, state: dict, lora_rank: int):
+    "Put a checkpoint's `trained_state` back into `model` (made as the run makes it: with adapters when lora_rank > 0)."
+    if not lora_rank: model.load_state_dict(state); return
+    from peft import set_peft_model_state_dict
+    bad = set_peft_model_state_dict(model, state).unexpected_keys
+    if bad or not any('lora_' in k for k in state):
+        raise CheckpointError(f"the checkpoint's adapters do not fit the model (lora_rank={lora_rank}): unexpected {sorted(bad)[:3]}")
+
+def merged_policy(model: CADRecode) -> CADRecode:
+    "A copy of `model` with its LoRA adapters merged into the weights and removed: a plain CADRecode."
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    model = copy.deepcopy(model)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, BaseTunerLayer):
+            m.merge()
+            parent, _, attr = name.rpartition('.')
+            setattr(model.get_submodule(parent), attr, m.get_base_layer())
+    if hasattr(model, 'peft_config'): del model.peft_config
+    return model.requires_grad_(True)
+
 # %% ../nbs/06_rl.ipynb #c327eb20
 @patch
 def latest(self: RLRun):
@@ -267,14 +320,16 @@ def load_policy(self: RLRun, r: int) -> CADRecode:
     if self.policy_round == r: return self.model
     if not self.cfg.model or not Path(self.cfg.model, 'config.json').exists():
         raise ConfigError(f"config key 'model' = {self.cfg.model!r}: not a saved model folder (no config.json there)")
-    model = CADRecode.from_pretrained(self.cfg.model, dtype=torch.float32).to(self.device).eval()
-    opt = torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
+    model = CADRecode.from_pretrained(self.cfg.model, dtype=torch.float32)
+    if self.cfg.lora_rank: add_lora(model, self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.seed)
+    model = model.to(self.device).eval()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
     if r > 0:
         found = self.latest()
         if found is None or found[0]['step'] != r:
             raise CheckpointError(f"{self.out/'checkpoints'}: the policy after round {r - 1} is needed, the newest checkpoint "
                                   f"holds {0 if found is None else found[0]['step']} rounds of updates")
-        model.load_state_dict(found[0]['model']); opt.load_state_dict(found[0]['optimizer'])
+        load_trained(model, found[0]['model'], self.cfg.lora_rank); opt.load_state_dict(found[0]['optimizer'])
     self.model, self.optimizer, self.policy_round = model, opt, r
     return model
 
@@ -426,6 +481,12 @@ def _group_rewards(folder: Path, n_inputs: int, group: int) -> torch.Tensor:
     if len(rewards) != n_inputs * group: raise KitError(f"{folder}/rewards.jsonl: {len(rewards)} rewards for {n_inputs} x {group} samples")
     return torch.tensor(rewards, dtype=torch.float32).view(n_inputs, group)
 
+# %% ../nbs/06_rl.ipynb #82272cef
+def batch_slices(n: int, k: int) -> list[slice]:
+    "`n` items cut into `k` consecutive batches of nearly equal size (empty ones dropped)."
+    bounds = np.linspace(0, n, k + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
 # %% ../nbs/06_rl.ipynb #d43011aa
 def update_policy(run: RLRun, r: int, stop_before: int | None = None) -> dict:
     "Round `r`'s `updates` Adam steps from the policy after r rounds; then the checkpoint after r + 1 (`stop_before`: tests)."
@@ -438,14 +499,16 @@ def update_policy(run: RLRun, r: int, stop_before: int | None = None) -> dict:
     run.policy_round = None   # changed in place from here on: an interrupted update reloads the checkpoint
     items, owner, chosen = policy_batch(cfg, samples, _group_rewards(folder, len(samples['inputs']), samples['group']))
     points, steps = torch.stack([run.dataset[j]['points'] for j in owner]) if owner else None, []
-    for u in range(cfg.updates if items else 0):
-        if u == stop_before: raise KeyboardInterrupt(f"stopped before update {u} of round {r}")
-        run.optimizer.zero_grad(set_to_none=True)
-        stats = (cppo_step if cfg.algorithm == 'cppo' else dpo_step)(run, items, points)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf'))
-        run.optimizer.step(); steps.append(dict(stats, grad_norm=float(norm)))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for b, part in enumerate(batch_slices(len(items), cfg.batches_per_round)):
+        for u in range(cfg.updates):
+            if len(steps) == stop_before: raise KeyboardInterrupt(f"stopped before update {len(steps)} of round {r}")
+            run.optimizer.zero_grad(set_to_none=True)
+            stats = (cppo_step if cfg.algorithm == 'cppo' else dpo_step)(run, items[part], points[part])
+            norm = torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip or float('inf'))
+            run.optimizer.step(); steps.append(dict(stats, batch=b, grad_norm=float(norm)))
     model.eval(); run.policy_round = r + 1
-    save_checkpoint(dict(format=CKPT_FORMAT, kind='rl', step=r + 1, model=model.state_dict(),
+    save_checkpoint(dict(format=CKPT_FORMAT, kind='rl', step=r + 1, model=trained_state(model, cfg.lora_rank),
                          optimizer=run.optimizer.state_dict(), config=cfg.to_dict()), run.out/'checkpoints')
     return run.mark(folder, 'update', dict(chosen, sequences=len(items), steps=steps, seconds=round(time.time() - t0, 2)))
 
@@ -516,7 +579,8 @@ def stage_export(run: RLRun) -> dict | None:
     from cadrecode_nb.checkpoints import export_model
     if (found := run.latest()) is None: return None
     run.load_policy(found[0]['step'])
-    return dict(rounds=found[0]['step'], folder=str(export_model(run.model, run.tokenizer, run.out/'policy')))
+    model = merged_policy(run.model) if run.cfg.lora_rank else run.model
+    return dict(rounds=found[0]['step'], folder=str(export_model(model, run.tokenizer, run.out/'policy')))
 
 # %% ../nbs/06_rl.ipynb #fbeb2e3c
 STAGES = dict(mine_sample=(stage_mine_sample, 'GPU: mine_samples programs per input from the starting model'),

@@ -67,6 +67,28 @@ def test_update_resumes_exactly(data, tmp_path, monkeypatch):
     assert len(steps) == 3 and steps[0]['clip_fraction'] < 1e-3                     # step 1: ratio 1 (same policy)
 
 
+def test_lora_batches_resume_and_export(data, tmp_path, monkeypatch):
+    "LoRA over two batches a round: checkpoints hold only the adapters, a killed update resumes exactly, the export is plain."
+    torch.set_num_threads(1)
+    monkeypatch.setattr(rl, 'score_candidates', fake_score)
+    c = cfg(data, lora_rank=2, batches_per_round=2, lr=1e-2)
+    quiet = lambda *a: None
+    rl.run_rl(tmp_path/'a', c, 'online', report=quiet)
+    for stage in ('sample', 'score', 'update', 'sample', 'score'): rl.run_rl(tmp_path/'b', c, stage, report=quiet)
+    with pytest.raises(KeyboardInterrupt): rl.update_policy(rl.RLRun(tmp_path/'b', c, quiet), 1, stop_before=4)  # in batch 2
+    rl.run_rl(tmp_path/'b', c, 'update', report=quiet)
+    a, b = weights(tmp_path/'a'), weights(tmp_path/'b')
+    assert a[0] == 2
+    assert_same(a, b)
+    assert a[1] and all('lora_' in k for k in a[1])                                  # only the adapters travel
+    steps = json.loads((tmp_path/'a'/'rounds'/'r0001'/'update.json').read_text())['steps']
+    assert [s['batch'] for s in steps] == [0, 0, 0, 1, 1, 1]
+    rl.run_rl(tmp_path/'a', c, 'export', report=quiet)
+    policy, start = (rl.CADRecode.from_pretrained(p).state_dict() for p in (tmp_path/'a'/'policy', TINY))
+    assert policy.keys() == start.keys()                                              # a plain model, adapters merged
+    assert any(not torch.equal(start[k], policy[k]) for k in start)
+
+
 def test_dpo_round(data, tmp_path, monkeypatch):
     "DPO: K samples per input, one best/worst pair per input, updates that move the chosen above the rejected."
     torch.set_num_threads(1)

@@ -3,17 +3,21 @@
     python bench/sampling.py --out bench/results/sampling_h200.json
 
 One command, one GPU, about 5 minutes. In order, each result printed as a JSON line and the file rewritten:
-1. `agreement`: on a small float32 model on the device, the GPU path (compiled pieces, one CUDA graph per bucket)
-   against the references: greedy tokens equal `generate`'s; a seeded sampled run equal on its first call (compiling
+1. `agreement`: on a small float32 model on the device (and in bf16 for 'flash' and 'triton', whose kernels take half
+   precision only: there the rows' first divergence from `generate` and from the matmul path is reported, since bf16
+   rounds differently in each), the GPU path (compiled pieces, CUDA graphs) against the references: greedy tokens equal `generate`'s; a seeded sampled run equal on its first call (compiling
    and recording) and on replays, and different under another seed; shared-prompt candidates equal independently
    prompted ones; and how many sampled rows equal `generate`'s under the same seed (reported, not required: on a GPU
    the two compute the logits with different kernels).
 2. `sampling`: Qwen2-1.5B shapes, random bf16 weights, `--candidates` per part, temperature `--temperature`, top-p
    `--top-p`, exactly `--new-tokens` tokens (END masked until then), for each number of parts in `--parts` and each
-   variant in `--variants` ('matmul': compiled layer pieces in CUDA graphs, the attention in plain matmuls, the
-   default; 'flex': the same with the attention in FlexAttention's kernels; 'graphed': the eager pieces in CUDA
-   graphs): first-call seconds (prefill, compile, record, decode), samples/s and ms per step of a second call, peak
-   memory, and the step's floors: bytes read / `--bandwidth` and matmul FLOPs / `--matmul-flops`.
+   variant in `--variants` ('triton': the default, flat layouts with FlashAttention-2 for the prompt and the Triton
+   kernel for the suffix; 'flash': the same with FlashAttention-2's variable-length kernel for the suffix; 'matmul':
+   the bucketed attention in plain matmuls; 'flex': the bucketed attention in FlexAttention; 'graphed': the eager
+   pieces in CUDA graphs): first-call seconds (prefill, compile, record, decode), samples/s and ms per step of a
+   second call, peak memory, and the step's floors: bytes read / `--bandwidth` and matmul FLOPs / `--matmul-flops`.
+   With 'flash' or 'triton' it starts with `kernels` (both kernels against their float32 matmul versions) and
+   `suffix_timing` (the suffix alone, FlashAttention-2 against Triton, 28 eager calls per step).
 3. `greedy`: `--greedy-tokens` tokens at batch `--greedy-batch`, today's `greedy_decode_static` and the new path.
 4. `old`: optionally (`--old-rows`), today's greedy decoder re-measured at `--new-tokens` for the issue's table.
 
@@ -30,13 +34,16 @@ import torch
 
 from cadrecode_nb.model import (CADRecode, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 tiny_config)
-from cadrecode_nb.sampling import decode_step_bytes, shared_prompt_decode
+from cadrecode_nb.sampling import (decode_step_bytes, merge_prefix_suffix, prefix_flash_attention, queries_by_part,
+                                   shared_prompt_decode, suffix_flash_attention, suffix_triton_attention)
 
 START, END = 151644, 151643   # Qwen2's <|im_start|> and <|endoftext|>
 N_POINTS = 256
 # today's figures (the issue: greedy_decode_static, greedy, 400 new tokens, one H200): rows -> (samples/s, ms/step)
 TODAY = {64: (44.7, 3.58), 128: (68.1, 4.70), 256: (88.1, 7.27), 512: (101.5, 12.62)}
-VARIANTS = {'flex': dict(graphed=True, compiled=True, attention='flex'),        # FlexAttention (second pass)
+VARIANTS = {'triton': dict(graphed=True, compiled=True, attention='triton'),    # the flash path, the suffix in Triton (third pass)
+            'flash': dict(graphed=True, compiled=True, attention='flash'),      # FlashAttention-2's kernels (third pass)
+            'flex': dict(graphed=True, compiled=True, attention='flex'),        # FlexAttention (second pass)
             'matmul': dict(graphed=True, compiled=True, attention='matmul'),    # the default (the first pass's 'compiled')
             'graphed': dict(graphed=True, compiled=False)}
 
@@ -61,10 +68,10 @@ def variant_kw(name, device):
     return VARIANTS[name] if device.type == 'cuda' else dict(graphed=False, compiled=False)
 
 
-def agreement(device, variant) -> dict:
-    "The GPU path against the references on a small float32 model with well-separated logits (16 rows throughout)."
+def agreement(device, variant, dtype=torch.float32) -> dict:
+    "The GPU path against the references on a small model with well-separated logits (16 rows throughout); in bf16 the flash kernels run."
     torch.manual_seed(0)
-    with torch.device(device): model = CADRecode(tiny_config(1024, initializer_range=0.3)).eval()
+    with torch.device(device): model = CADRecode(tiny_config(1024, initializer_range=0.3)).eval().to(dtype)
     kw = variant_kw(variant, device)
     pts = torch.rand(16, N_POINTS, 3, device=device) * 2 - 1
     end = int(generate_token_ids(model, pts, 1, 2, max_new_tokens=24)[1, 9])   # a token row 1 emits at step 10 acts as END
@@ -78,12 +85,64 @@ def agreement(device, variant) -> dict:
     torch.manual_seed(7)
     theirs = generate_token_ids(model, parts, 1, end, num_candidates=4, do_sample=True, top_p=0.95, max_new_tokens=80)
     same = lambda a, b: a.shape == b.shape and bool(torch.equal(a, b))
-    res = dict(variant=variant, greedy_equal_generate=[same(g, ref) for g in greedy],
+    if dtype != torch.float32 and variant != 'matmul':   # bf16: rounding differs from generate's; compare with the matmul path too
+        mm = shared_prompt_decode(model, pts, 1, end, max_new_tokens=80, **variant_kw('matmul', device))
+        first_diff = lambda a, b: [int((x != y).int().argmax()) if (x != y).any() else len(x) for x, y in zip(a, b)]
+        extra = dict(greedy_rows_equal_matmul_path=int((greedy[0] == mm).all(1).sum()) if mm.shape == greedy[0].shape else 0,
+                     first_divergence_from_generate=first_diff(greedy[0], ref) if greedy[0].shape == ref.shape else None,
+                     matmul_first_divergence_from_generate=first_diff(mm, ref) if mm.shape == ref.shape else None)
+    else: extra = {}
+    res = dict(variant=variant, dtype=str(dtype).split('.')[-1], **extra, greedy_equal_generate=[same(g, ref) for g in greedy],
+               greedy_rows_equal_generate=int((greedy[0] == ref).all(1).sum()) if greedy[0].shape == ref.shape else 0,
                rows_stopped=int((ref == end).any(1).sum()),
                seeded_reproducible=[same(r, runs[0]) for r in runs[1:]], other_seed_differs=not same(other, runs[0]),
                shared_equal_independent=same(alone, runs[0]),
                sampled_rows_equal_generate=int((runs[0] == theirs).all(1).sum()) if runs[0].shape == theirs.shape else 0)
     free(model, device)
+    return res
+
+
+def kernel_check(device, parts=4, candidates=16, prompt_len=257, length=448, hq=12, hkv=2, d=128) -> dict:
+    "The flash path's two kernels (bf16, Qwen2-1.5B's heads) against their matmul versions in float32, rows of different lengths."
+    torch.manual_seed(0)
+    rows, g = parts * candidates, hq // hkv
+    q = torch.randn(rows, hq, d, device=device, dtype=torch.bfloat16)
+    pk, pv = (torch.randn(parts, prompt_len, hkv, d, device=device, dtype=torch.bfloat16) for _ in range(2))
+    sk, sv = (torch.randn(rows * length, hkv, d, device=device, dtype=torch.bfloat16) for _ in range(2))
+    used = torch.randint(1, length + 1, (rows,), device=device, dtype=torch.int32)
+    steps = torch.arange(rows + 1, device=device, dtype=torch.int32)
+    scale, outs = d ** -0.5, {}
+    for name, cast in dict(bf16=lambda t: t, fp32=lambda t: t.float()).items():
+        qq = cast(q)
+        o1, l1 = prefix_flash_attention(queries_by_part(qq, candidates, hkv), cast(pk), cast(pv), scale)
+        o2, l2 = suffix_flash_attention(queries_by_part(qq, 1, hkv).reshape(-1, hkv, d), cast(sk), cast(sv), used,
+                                        steps * g, steps * length, scale)
+        outs[name] = (o1.float(), l1, o2.float(), l2, merge_prefix_suffix(o1, l1, o2, l2, rows).float())
+    o3, l3 = suffix_triton_attention(queries_by_part(q, 1, hkv).reshape(-1, hkv, d), sk, sv, used, steps * g, steps * length, scale)
+    names = ['prefix_out', 'prefix_lse', 'suffix_out', 'suffix_lse', 'merged']
+    return {n: round(float((a - b).abs().max()), 5) for n, a, b in zip(names, outs['bf16'], outs['fp32'])} | \
+           dict(triton_suffix_out=round(float((o3.float() - outs['fp32'][2]).abs().max()), 5),
+                triton_suffix_lse=round(float((l3 - outs['fp32'][3]).abs().max()), 5),
+                bf16_ulp_at_1=2 ** -8, rows=rows, lengths=[int(used.min()), int(used.max())])
+
+
+def suffix_timing(device, rows, filled, length, hq=12, hkv=2, d=128, layers=28, reps=20) -> dict:
+    "ms per step (28 layers) of the suffix attention alone, FlashAttention-2's varlen kernel against the Triton one, every row `filled` long."
+    g = hq // hkv
+    q = torch.randn(rows * g, hkv, d, device=device, dtype=torch.bfloat16)
+    k, v = (torch.randn(rows * length, hkv, d, device=device, dtype=torch.bfloat16) for _ in range(2))
+    used = torch.full((rows,), filled, device=device, dtype=torch.int32)
+    steps = torch.arange(rows + 1, device=device, dtype=torch.int32)
+    res = dict(rows=rows, filled=filled, length=length,
+               bytes_floor_ms=round(layers * rows * filled * hkv * d * 2 * 2 / 4.8e12 * 1e3, 3))
+    for name, fn in dict(flash=suffix_flash_attention, triton=suffix_triton_attention).items():
+        call = lambda: fn(q, k, v, used, steps * g, steps * length, d ** -0.5)
+        for _ in range(3): call()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps * layers): call()
+        stop.record(); torch.cuda.synchronize()
+        res[f'{name}_ms_per_step'] = round(start.elapsed_time(stop) / reps, 3)
     return res
 
 
@@ -140,7 +199,7 @@ def main():
     ap.add_argument('--candidates', type=int, default=16); ap.add_argument('--temperature', type=float, default=1.0)
     ap.add_argument('--top-p', type=float, default=1.0); ap.add_argument('--new-tokens', type=int, default=400)
     ap.add_argument('--bucket', type=int, default=64, help='suffix lengths read: multiples of this')
-    ap.add_argument('--variants', default='matmul,flex', help=f'new-path variants: {", ".join(VARIANTS)}')
+    ap.add_argument('--variants', default='triton,matmul', help=f'new-path variants: {", ".join(VARIANTS)}')
     ap.add_argument('--greedy-tokens', type=int, default=768); ap.add_argument('--greedy-batch', type=int, default=64)
     ap.add_argument('--old-rows', default='', help="re-measure today's greedy decoder at --new-tokens for these batches")
     ap.add_argument('--skip-agreement', action='store_true')
@@ -157,9 +216,16 @@ def main():
         Path(args.out).write_text(json.dumps(result, indent=1))
     variants = args.variants.split(',')
     if not args.skip_agreement:
+        if {'flash', 'triton'} & set(variants) and device.type == 'cuda':
+            try: record('kernels', kernel_check(device))
+            except Exception as e: record('kernels', dict(error=f'{type(e).__name__}: {str(e)[:300]}'))
+            for rows, filled, length in ((1024, 200, 448), (2048, 200, 448), (64, 400, 768)):
+                try: record('suffix_timing', suffix_timing(device, rows, filled, length))
+                except Exception as e: record('suffix_timing', dict(rows=rows, error=f'{type(e).__name__}: {str(e)[:300]}'))
         for v in variants:
-            try: record('agreement', agreement(device, v))
-            except Exception as e: record('agreement', dict(variant=v, error=f'{type(e).__name__}: {str(e)[:300]}'))
+            for dtype in ([torch.float32, torch.bfloat16] if v in ('flash', 'triton') else [torch.float32]):
+                try: record('agreement', agreement(device, v, dtype))
+                except Exception as e: record('agreement', dict(variant=v, dtype=str(dtype), error=f'{type(e).__name__}: {str(e)[:300]}'))
     model = big_model(args, device)
     start, end = (START, END) if model.config.vocab_size > START else (1, 2)   # a shrunken vocabulary (smoke runs)
     prompt_len, k = N_POINTS + 1, args.candidates
@@ -171,7 +237,7 @@ def main():
                                                min_new_tokens=args.new_tokens, seed=args.seed, bucket=args.bucket,
                                                **variant_kw(v, device))
             row = dict(decoder=f'new, sampled ({v})', parts=parts, candidates=k,
-                       **floors(model, rows, parts, prompt_len, args.new_tokens, args.bucket, args))
+                       **floors(model, rows, parts, prompt_len, args.new_tokens, 1 if v in ('flash', 'triton') else args.bucket, args))
             try: row.update(measure(run, device, rows))
             except Exception as e: row.update(rows=rows, error=f'{type(e).__name__}: {str(e)[:300]}')
             free(model, device); record('sampling', row)
@@ -184,7 +250,7 @@ def main():
     for name, run in decoders.items():
         shared = name.startswith('new')
         row = dict(decoder=f'{name}, {g} tokens', parts=n, candidates=1,
-                   **floors(model, n, n, prompt_len, g, args.bucket if shared else 1, args, shared=shared))
+                   **floors(model, n, n, prompt_len, g, 1 if 'flash' in name or 'triton' in name or not shared else args.bucket, args, shared=shared))
         try: row.update(measure(run, device, n))
         except Exception as e: row.update(rows=n, error=f'{type(e).__name__}: {str(e)[:300]}')
         free(model, device); record('greedy', row)

@@ -20,7 +20,8 @@ from cadrecode_nb.model import CADRecode, qwen2_1_5b_config
 from cadrecode_nb.sampling import SharedPromptDecoder, draw_noise, logits_warpers, prefill_parts
 
 START, END, N_POINTS = 151644, 151643, 256
-KINDS = [('attention (FlexAttention)', r'flex|triton_tem'),
+KINDS = [('attention (FlashAttention)', r'flash'),
+         ('attention (FlexAttention)', r'flex|triton_tem'),
          ('matmul', r'gemm|gemv|cutlass|sm90|sm80|nvjet|matmul|xmma|splitk'),
          ('sampling', r'exponential|distribution|argmax|softmax|max_|sum_|reduce'),
          ('copy', r'copy|fill|index|cat|memset|memcpy'),
@@ -38,7 +39,8 @@ def decoder_for(model, parts, k, max_new, graphed, attention):
     logits, prefix = prefill_parts(model, pts, START)
     dec = SharedPromptDecoder(model, parts, k, prefix[0][0].shape[2], max_new, END, END, logits_warpers(1.0, 1.0),
                               sampling=True, graphed=graphed, compiled=True, attention=attention)
-    for (pk, pv), (kk, vv) in zip(dec.prefix, prefix): pk.copy_(kk); pv.copy_(vv)
+    for (pk, pv), (kk, vv) in zip(dec.prefix, prefix):   # the flat layouts keep the prompt as (B, P, Hkv, D)
+        pk.copy_(kk.transpose(1, 2) if dec.flat else kk); pv.copy_(vv.transpose(1, 2) if dec.flat else vv)
     return dec
 
 
@@ -47,7 +49,7 @@ def main():
     ap.add_argument('--parts', type=int, default=64); ap.add_argument('--candidates', type=int, default=16)
     ap.add_argument('--steps', type=int, default=20); ap.add_argument('--slot', type=int, default=200,
                                                                          help='position of the profiled steps')
-    ap.add_argument("--attention", default="matmul", choices=['flex', 'matmul'])
+    ap.add_argument("--attention", default="matmul", choices=['flash', 'flex', 'matmul', 'triton'])
     ap.add_argument('--bucket', type=int, default=64); ap.add_argument('--out', default='sampling_profile.json')
     args = ap.parse_args()
     torch.manual_seed(0)

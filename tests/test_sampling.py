@@ -1,4 +1,6 @@
 "Tests of the shared-prompt decoder (cadrecode_nb.sampling) against transformers' generate, on a tiny model, CPU."
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +8,11 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from cadrecode_nb.model import CADRecode, tiny_config, generate_token_ids, greedy_decode_static, prompt_embeds, generate_programs
 from cadrecode_nb.sampling import (decode_step_bytes, draw_noise, kv_bytes_per_position, logits_warpers, pick_tokens,
-                                   prefill_parts, shared_prefix_attention, flex_prefix_attention, shared_prompt_decode)
+                                   prefill_parts, shared_prefix_attention, flex_prefix_attention, shared_prompt_decode,
+                                   queries_by_part, prefix_flash_attention, suffix_flash_attention, suffix_triton_attention,
+                                   merge_prefix_suffix, fused_projection_weights, refresh_fused_weights, SharedPromptDecoder)
+
+ATTENTIONS = ['triton', 'matmul']   # the flat path (the default; on a CPU its kernels' matmul versions) and the bucketed one
 
 START = 1
 
@@ -69,24 +75,28 @@ def test_prefill_is_generates_first_step(wild):
     assert torch.equal(logits.argmax(-1), generate_token_ids(model, clouds, START, 0, max_new_tokens=1)[:, 0])
 
 
+@pytest.mark.parametrize('attention', ATTENTIONS)
 @pytest.mark.parametrize('bucket,every', [(64, 32), (4, 1), (5, 3)])
-def test_greedy_equals_generate(wild, bucket, every):
+def test_greedy_equals_generate(wild, bucket, every, attention):
     "END stopping, END padding, buckets crossed mid-run, host checks at any interval: generate's tokens."
     model, clouds, end = wild
     ref = generate_token_ids(model, clouds, START, end, max_new_tokens=16)
     assert (ref == end).any(1).sum() >= 1   # END is exercised
-    got = shared_prompt_decode(model, clouds, START, end, max_new_tokens=16, bucket=bucket, check_every=every)
+    got = shared_prompt_decode(model, clouds, START, end, max_new_tokens=16, bucket=bucket, check_every=every, attention=attention)
     assert torch.equal(got, ref)
     assert torch.equal(got, greedy_decode_static(model, clouds, START, end, max_new_tokens=16))
 
 
-def test_greedy_pad_and_min_new_tokens(wild):
+@pytest.mark.parametrize('attention', ATTENTIONS)
+def test_greedy_pad_and_min_new_tokens(wild, attention):
     model, clouds, end = wild
     kw = dict(pad_id=7, max_new_tokens=14, min_new_tokens=9)
-    assert torch.equal(shared_prompt_decode(model, clouds, START, end, bucket=4, **kw), generate_token_ids(model, clouds, START, end, **kw))
+    got = shared_prompt_decode(model, clouds, START, end, bucket=4, attention=attention, **kw)
+    assert torch.equal(got, generate_token_ids(model, clouds, START, end, **kw))
 
 
-def test_sampling_equals_generate_tokens_and_distributions(wild):
+@pytest.mark.parametrize('attention', ATTENTIONS)
+def test_sampling_equals_generate_tokens_and_distributions(wild, attention):
     "Same seed: generate's sampled tokens; along them, every step's processed scores equal generate's."
     model, clouds, end = wild
     torch.manual_seed(21)
@@ -94,7 +104,7 @@ def test_sampling_equals_generate_tokens_and_distributions(wild):
                          max_new_tokens=12, do_sample=True, num_return_sequences=2, temperature=0.7, top_p=0.85, top_k=0,
                          eos_token_id=end, pad_token_id=end, output_scores=True, return_dict_in_generate=True)
     got, scores = shared_prompt_decode(model, clouds, START, end, num_candidates=2, do_sample=True, temperature=0.7, top_p=0.85,
-                                       max_new_tokens=12, seed=21, bucket=4, return_scores=True)
+                                       max_new_tokens=12, seed=21, bucket=4, return_scores=True, attention=attention)
     assert torch.equal(got, ref.sequences)
     assert len(scores) == len(ref.scores)
     for a, b in zip(scores, ref.scores):
@@ -102,9 +112,10 @@ def test_sampling_equals_generate_tokens_and_distributions(wild):
         torch.testing.assert_close(F.softmax(a, -1), F.softmax(b, -1), rtol=0, atol=1e-4)
 
 
-def test_seeded_reproducible_and_shared_equals_independent(wild):
+@pytest.mark.parametrize('attention', ATTENTIONS)
+def test_seeded_reproducible_and_shared_equals_independent(wild, attention):
     model, clouds, end = wild
-    kw = dict(num_candidates=3, do_sample=True, temperature=1.0, max_new_tokens=12, bucket=4)
+    kw = dict(num_candidates=3, do_sample=True, temperature=1.0, max_new_tokens=12, bucket=4, attention=attention)
     a = shared_prompt_decode(model, clouds, START, end, seed=4, **kw)
     assert a.shape[0] == 12
     assert torch.equal(a, shared_prompt_decode(model, clouds, START, end, seed=4, **kw))
@@ -151,3 +162,79 @@ def test_step_bytes():
     assert shared['prompt_kv'] == 3 * 10 * per and alone['prompt_kv'] == 12 * 10 * per
     assert shared['suffix_kv'] == alone['suffix_kv'] == int(12 * 6.5 * per)
     assert shared['total'] == 1000 + shared['prompt_kv'] + shared['suffix_kv']
+
+
+def _flat_case(rows=6, g=3, hkv=2, d=8, length=10, seed=3):
+    torch.manual_seed(seed)
+    q = torch.randn(rows, hkv * g, d)
+    k, v = torch.randn(rows * length, hkv, d), torch.randn(rows * length, hkv, d)
+    steps = torch.arange(rows + 1, dtype=torch.int32)
+    return q, k, v, steps * g, steps * length
+
+
+@pytest.mark.parametrize('suffix', [suffix_flash_attention, suffix_triton_attention])
+def test_suffix_reads_each_row_to_its_used_length(suffix):
+    "Row r's G queries of each KV head over its first used[r] slots == SDPA over exactly those keys; the rest never count."
+    rows, g, hkv, d, length = 6, 3, 2, 8, 10
+    q, k, v, cu_q, cu_k = _flat_case(rows, g, hkv, d, length)
+    used = torch.tensor([1, 4, 10, 7, 2, 5], dtype=torch.int32)
+    out, lse = suffix(queries_by_part(q, 1, hkv).reshape(-1, hkv, d), k, v, used, cu_q, cu_k, 0.4)
+    assert out.shape == (rows * g, hkv, d) and lse.shape == (rows * g, hkv)
+    for r in range(rows):
+        n = int(used[r])
+        keys = k.view(rows, length, hkv, d)[r, :n].transpose(0, 1).repeat_interleave(g, 0)     # (Hq, n, D)
+        values = v.view(rows, length, hkv, d)[r, :n].transpose(0, 1).repeat_interleave(g, 0)
+        ref = F.scaled_dot_product_attention(q[r][:, None], keys, values, scale=0.4)[:, 0]      # (Hq, D)
+        mine = out.view(rows, g, hkv, d)[r].transpose(0, 1).reshape(hkv * g, d)               # head j*G+i
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+        scores = (q[r].view(hkv, g, d) @ keys.view(hkv, g, n, d)[:, 0].transpose(-1, -2)) * 0.4   # (Hkv, G, n)
+        torch.testing.assert_close(lse.view(rows, g, hkv)[r], torch.logsumexp(scores, -1).T, rtol=1e-5, atol=1e-5)
+    k2 = k.clone(); k2.view(rows, length, hkv, d)[0, 1:] = 1e4   # huge keys beyond row 0's one filled slot
+    torch.testing.assert_close(suffix(queries_by_part(q, 1, hkv).reshape(-1, hkv, d), k2, v, used, cu_q, cu_k, 0.4)[0], out)
+
+
+def test_prefix_and_merge_equal_one_softmax_over_prompt_and_suffix():
+    "Prefix per part (candidates as query positions) merged with the suffix == SDPA over [prompt; filled suffix] per row."
+    b, k, g, hkv, d, p, length = 2, 3, 3, 2, 8, 7, 5
+    rows = b * k
+    q, sk, sv, cu_q, cu_k = _flat_case(rows, g, hkv, d, length, seed=4)
+    pk, pv = torch.randn(b, p, hkv, d), torch.randn(b, p, hkv, d)
+    used = torch.full((rows,), 4, dtype=torch.int32)
+    o1, lse1 = prefix_flash_attention(queries_by_part(q, k, hkv), pk, pv, 0.3)
+    assert o1.shape == (b, k * g, hkv, d) and lse1.shape == (b, hkv, k * g)
+    o2, lse2 = suffix_flash_attention(queries_by_part(q, 1, hkv).reshape(-1, hkv, d), sk, sv, used, cu_q, cu_k, 0.3)
+    merged = merge_prefix_suffix(o1, lse1, o2, lse2, rows)
+    for r in range(rows):
+        keys = torch.cat([pk[r // k], sk.view(rows, length, hkv, d)[r, :4]]).transpose(0, 1).repeat_interleave(g, 0)
+        values = torch.cat([pv[r // k], sv.view(rows, length, hkv, d)[r, :4]]).transpose(0, 1).repeat_interleave(g, 0)
+        ref = F.scaled_dot_product_attention(q[r][:, None], keys, values, scale=0.3)[:, 0]
+        torch.testing.assert_close(merged[r], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_weights_follow_the_model_and_skip_wrapped_layers(wild):
+    "The concatenated q/k/v and gate/up copies equal the modules' outputs, are refreshed in place, and are None for non-Linear layers."
+    model, _, _ = wild
+    layer = model.model.layers[0]
+    fused = fused_projection_weights(layer)
+    h = torch.randn(3, model.config.hidden_size)
+    attn, mlp = layer.self_attn, layer.mlp
+    torch.testing.assert_close(F.linear(h, fused[0], fused[1]), torch.cat([attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)], -1))
+    with torch.no_grad():
+        mlp.up_proj.weight.add_(1.0)
+        stale = fused[2].clone(); refresh_fused_weights(layer, fused)
+        assert not torch.equal(stale, fused[2])
+        torch.testing.assert_close(F.linear(h, fused[2]), torch.cat([mlp.gate_proj(h), mlp.up_proj(h)], -1))
+        mlp.up_proj.weight.sub_(1.0)
+    wrapped = copy.deepcopy(layer)
+    wrapped.self_attn.q_proj = torch.nn.Sequential(wrapped.self_attn.q_proj)   # as a LoRA wrapper replaces the module
+    assert fused_projection_weights(wrapped) is None
+
+
+def test_flat_decoder_layout(wild):
+    "The flat layouts: the prompt as (B, P, Hkv, D), the suffix flattened to rows x length, one bucket, cu_seqlens."
+    model, _, _ = wild
+    dec = SharedPromptDecoder(model, parts=2, candidates=3, prompt_len=5, max_new_tokens=20, end_id=2, pad_id=0,
+                              bucket=8, attention='triton')
+    hkv, g = model.config.num_key_value_heads, model.config.num_attention_heads // model.config.num_key_value_heads
+    assert dec.prefix[0][0].shape[:3] == (2, 5, hkv) and dec.suffix[0][0].shape[:2] == (6 * 24, hkv)
+    assert dec.bucket == 24 and dec.cu_q.tolist() == [i * g for i in range(7)] and dec.cu_k.tolist() == [i * 24 for i in range(7)]

@@ -3,7 +3,7 @@
     python bench/sampling.py --out bench/results/sampling_h200.json
 
 One command, one GPU, about 5 minutes. In order, each result printed as a JSON line and the file rewritten:
-1. `agreement`: on a small float32 model on the device (and in bf16 for 'flash' and 'triton', whose kernels take half
+1. `agreement`: on a small float32 model on the device (and in bf16 for 'flash', 'triton' and 'fused', whose kernels take half
    precision only: there the rows' first divergence from `generate` and from the matmul path is reported, since bf16
    rounds differently in each), the GPU path (compiled pieces, CUDA graphs) against the references: greedy tokens equal `generate`'s; a seeded sampled run equal on its first call (compiling
    and recording) and on replays, and different under another seed; shared-prompt candidates equal independently
@@ -11,14 +11,18 @@ One command, one GPU, about 5 minutes. In order, each result printed as a JSON l
    the two compute the logits with different kernels).
 2. `sampling`: Qwen2-1.5B shapes, random bf16 weights, `--candidates` per part, temperature `--temperature`, top-p
    `--top-p`, exactly `--new-tokens` tokens (END masked until then), for each number of parts in `--parts` and each
-   variant in `--variants` ('triton': the default, flat layouts with FlashAttention-2 for the prompt and the Triton
+   variant in `--variants` ('fused': one Triton kernel for the whole attention of a layer, `decode_attention`, the
+   default for one candidate per part; 'fused:N' the same with N key ranges per row; 'triton': the default for
+   several candidates per part, flat layouts with FlashAttention-2 for the prompt and the Triton
    kernel for the suffix; 'flash': the same with FlashAttention-2's variable-length kernel for the suffix; 'matmul':
    the bucketed attention in plain matmuls; 'flex': the bucketed attention in FlexAttention; 'graphed': the eager
    pieces in CUDA graphs): first-call seconds (prefill, compile, record, decode), samples/s and ms per step of a
    second call, peak memory, and the step's floors: bytes read / `--bandwidth` and matmul FLOPs / `--matmul-flops`.
-   With 'flash' or 'triton' it starts with `kernels` (both kernels against their float32 matmul versions) and
+   With a flat variant it starts with `kernels` (the kernels against their float32 matmul versions),
+   `decode_timing` (the fused kernel alone, 1 to 16 key ranges, a step's 28 calls in a CUDA graph) and
    `suffix_timing` (the suffix alone, FlashAttention-2 against Triton, 28 eager calls per step).
-3. `greedy`: `--greedy-tokens` tokens at batch `--greedy-batch`, today's `greedy_decode_static` and the new path.
+3. `greedy`: `--greedy-tokens` tokens at each batch of `--greedy-batch`, today's `greedy_decode_static` (unless
+   `--skip-today`) and the new path.
 4. `old`: optionally (`--old-rows`), today's greedy decoder re-measured at `--new-tokens` for the issue's table.
 
 A CPU smoke run (a tiny model, seconds):
@@ -34,14 +38,16 @@ import torch
 
 from cadrecode_nb.model import (CADRecode, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 tiny_config)
-from cadrecode_nb.sampling import (decode_step_bytes, merge_prefix_suffix, prefix_flash_attention, queries_by_part,
+from cadrecode_nb.sampling import (decode_attention, decode_attention_matmul, decode_splits, decode_step_bytes,
+                                   merge_prefix_suffix, merge_splits, prefix_flash_attention, queries_by_part,
                                    shared_prompt_decode, suffix_flash_attention, suffix_triton_attention)
 
 START, END = 151644, 151643   # Qwen2's <|im_start|> and <|endoftext|>
 N_POINTS = 256
 # today's figures (the issue: greedy_decode_static, greedy, 400 new tokens, one H200): rows -> (samples/s, ms/step)
 TODAY = {64: (44.7, 3.58), 128: (68.1, 4.70), 256: (88.1, 7.27), 512: (101.5, 12.62)}
-VARIANTS = {'triton': dict(graphed=True, compiled=True, attention='triton'),    # the flash path, the suffix in Triton (third pass)
+VARIANTS = {'fused': dict(graphed=True, compiled=True, attention='fused'),      # one Triton kernel per layer's attention (fourth pass)
+            'triton': dict(graphed=True, compiled=True, attention='triton'),    # the flash path, the suffix in Triton (third pass)
             'flash': dict(graphed=True, compiled=True, attention='flash'),      # FlashAttention-2's kernels (third pass)
             'flex': dict(graphed=True, compiled=True, attention='flex'),        # FlexAttention (second pass)
             'matmul': dict(graphed=True, compiled=True, attention='matmul'),    # the default (the first pass's 'compiled')
@@ -65,7 +71,14 @@ def timed(fn, device):
 
 
 def variant_kw(name, device):
-    return VARIANTS[name] if device.type == 'cuda' else dict(graphed=False, compiled=False)
+    "A variant's decoder arguments; 'fused:8' is 'fused' with 8 key ranges per row (default: `decode_splits`)."
+    name, _, splits = name.partition(':')
+    kw = VARIANTS[name] if device.type == 'cuda' else dict(graphed=False, compiled=False, attention=VARIANTS[name].get('attention', 'matmul'))
+    return {**kw, 'splits': int(splits)} if splits else kw
+
+
+FLAT = ('flash', 'triton', 'fused')   # variants whose suffix is read to each row's filled length (no buckets)
+is_flat = lambda variant: variant.partition(':')[0] in FLAT
 
 
 def agreement(device, variant, dtype=torch.float32) -> dict:
@@ -123,7 +136,60 @@ def kernel_check(device, parts=4, candidates=16, prompt_len=257, length=448, hq=
     return {n: round(float((a - b).abs().max()), 5) for n, a, b in zip(names, outs['bf16'], outs['fp32'])} | \
            dict(triton_suffix_out=round(float((o3.float() - outs['fp32'][2]).abs().max()), 5),
                 triton_suffix_lse=round(float((l3 - outs['fp32'][3]).abs().max()), 5),
-                bf16_ulp_at_1=2 ** -8, rows=rows, lengths=[int(used.min()), int(used.max())])
+                bf16_ulp_at_1=2 ** -8, rows=rows, lengths=[int(used.min()), int(used.max())]) | \
+           fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d)
+
+
+def fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d) -> dict:
+    "`decode_attention`'s kernel (bf16, several key-range counts) against its float32 matmul version: output, log-sum-exp, cache writes."
+    torch.manual_seed(1)
+    rows = parts * candidates
+    bf = lambda *shape: torch.randn(*shape, device=device, dtype=torch.bfloat16)
+    qkv, pk, pv, sk, sv = bf(rows, (hq + 2 * hkv) * d), bf(parts, prompt_len, hkv, d), bf(parts, prompt_len, hkv, d), \
+                          bf(rows * length, hkv, d), bf(rows * length, hkv, d)
+    angles = torch.rand(length, d // 2, device=device) * 6
+    cos, sin = (f(torch.cat([angles, angles], -1)).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    used = torch.randint(1, length + 1, (rows,), device=device, dtype=torch.int32)
+    ref_k, ref_v = sk.float(), sv.float()
+    o_ref, l_ref = decode_attention_matmul(qkv.float(), pk.float(), pv.float(), ref_k, ref_v, cos.float(), sin.float(), used,
+                                           candidates, hq, d ** -0.5)
+    res = {}
+    for splits in (1, 3, 8):
+        k2, v2 = sk.clone(), sv.clone()
+        o, l = decode_attention(qkv, pk, pv, k2, v2, cos, sin, used, candidates, hq, d ** -0.5, splits)
+        res[f'fused_out_splits{splits}'] = round(float((merge_splits(o, l, torch.float32) - o_ref.flatten(1)).abs().max()), 5)
+        res[f'fused_lse_splits{splits}'] = round(float((torch.logsumexp(l, 1) - l_ref[:, 0]).abs().max()), 5)
+        res[f'fused_cache_k_splits{splits}'] = round(float((k2.float() - ref_k).abs().max()), 5)
+        res[f'fused_cache_v_splits{splits}'] = round(float((v2.float() - ref_v).abs().max()), 5)
+    return res
+
+
+def decode_timing(device, rows, candidates, filled, prompt_len=257, length=768, hq=12, hkv=2, d=128, layers=28, reps=20) -> dict:
+    "ms per step (28 layers) of `decode_attention` alone for several key-range counts, every row `filled` slots long."
+    bf = lambda *shape: torch.randn(*shape, device=device, dtype=torch.bfloat16)
+    parts = rows // candidates
+    qkv, pk, pv, sk, sv = bf(rows, (hq + 2 * hkv) * d), bf(parts, prompt_len, hkv, d), bf(parts, prompt_len, hkv, d), \
+                          bf(rows * length, hkv, d), bf(rows * length, hkv, d)
+    cos, sin = bf(length, d), bf(length, d)
+    used = torch.full((rows,), filled, device=device, dtype=torch.int32)
+    shared_bytes = layers * (parts * prompt_len + rows * filled) * hkv * d * 2 * 2
+    res = dict(rows=rows, candidates=candidates, filled=filled, auto_splits=decode_splits(rows, hkv, device),
+               bytes_floor_ms=round(shared_bytes / 4.8e12 * 1e3, 3))
+    for splits in (1, 2, 4, 8, 16):   # a step's 28 calls in a CUDA graph, as the decoder runs them (no launch gaps)
+        call = lambda: decode_attention(qkv, pk, pv, sk, sv, cos, sin, used, candidates, hq, d ** -0.5, splits)
+        for _ in range(3): call()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(layers): call()
+        graph.replay()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps): graph.replay()
+        stop.record(); torch.cuda.synchronize()
+        res[f'splits{splits}_ms_per_step'] = round(start.elapsed_time(stop) / reps, 3)
+        del graph
+    return res
 
 
 def suffix_timing(device, rows, filled, length, hq=12, hkv=2, d=128, layers=28, reps=20) -> dict:
@@ -190,6 +256,22 @@ def table(result) -> str:
     return '\n'.join(lines)
 
 
+def greedy_rows(model, n, g, variants, start, end, prompt_len, device, args, record):
+    "`g` greedy tokens at batch `n`: today's `greedy_decode_static` (unless --skip-today), then each variant of the new path."
+    pts = torch.rand(n, N_POINTS, 3, device=device) * 2 - 1
+    decoders = {} if args.skip_today else {
+        "today's greedy_decode_static": lambda: greedy_decode_static(model, pts, start, end, max_new_tokens=g, min_new_tokens=g)}
+    for v in variants:
+        decoders[f'new, greedy ({v})'] = lambda v=v: shared_prompt_decode(model, pts, start, end, max_new_tokens=g, min_new_tokens=g,
+                                                                          bucket=args.bucket, **variant_kw(v, device))
+    for name, run in decoders.items():
+        shared = name.startswith('new')
+        row = dict(decoder=f'{name}, {g} tokens', parts=n, candidates=1,
+                   **floors(model, n, n, prompt_len, g, 1 if any(f in name for f in FLAT) or not shared else args.bucket, args, shared=shared))
+        try: row.update(measure(run, device, n))
+        except Exception as e: row.update(rows=n, error=f'{type(e).__name__}: {str(e)[:300]}')
+        free(model, device); record('greedy', row)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--device', default='cuda')
@@ -200,7 +282,9 @@ def main():
     ap.add_argument('--top-p', type=float, default=1.0); ap.add_argument('--new-tokens', type=int, default=400)
     ap.add_argument('--bucket', type=int, default=64, help='suffix lengths read: multiples of this')
     ap.add_argument('--variants', default='triton,matmul', help=f'new-path variants: {", ".join(VARIANTS)}')
-    ap.add_argument('--greedy-tokens', type=int, default=768); ap.add_argument('--greedy-batch', type=int, default=64)
+    ap.add_argument('--greedy-tokens', type=int, default=768)
+    ap.add_argument('--greedy-batch', default='64', help='greedy batches, comma-separated')
+    ap.add_argument('--skip-today', action='store_true', help="no greedy_decode_static rows (its compile takes ~40 s per batch)")
     ap.add_argument('--old-rows', default='', help="re-measure today's greedy decoder at --new-tokens for these batches")
     ap.add_argument('--skip-agreement', action='store_true')
     ap.add_argument('--bandwidth', type=float, default=4.8e12, help='bytes/s for the memory floor (H200: 4.8e12)')
@@ -216,44 +300,36 @@ def main():
         Path(args.out).write_text(json.dumps(result, indent=1))
     variants = args.variants.split(',')
     if not args.skip_agreement:
-        if {'flash', 'triton'} & set(variants) and device.type == 'cuda':
+        if any(map(is_flat, variants)) and device.type == 'cuda':
             try: record('kernels', kernel_check(device))
             except Exception as e: record('kernels', dict(error=f'{type(e).__name__}: {str(e)[:300]}'))
+            for rows, k, filled in ((64, 1, 384), (64, 1, 768), (1024, 16, 200), (3072, 16, 200)):
+                try: record('decode_timing', decode_timing(device, rows, k, filled))
+                except Exception as e: record('decode_timing', dict(rows=rows, error=f'{type(e).__name__}: {str(e)[:300]}'))
             for rows, filled, length in ((1024, 200, 448), (2048, 200, 448), (64, 400, 768)):
                 try: record('suffix_timing', suffix_timing(device, rows, filled, length))
                 except Exception as e: record('suffix_timing', dict(rows=rows, error=f'{type(e).__name__}: {str(e)[:300]}'))
         for v in variants:
-            for dtype in ([torch.float32, torch.bfloat16] if v in ('flash', 'triton') else [torch.float32]):
+            for dtype in ([torch.float32, torch.bfloat16] if is_flat(v) else [torch.float32]):
                 try: record('agreement', agreement(device, v, dtype))
                 except Exception as e: record('agreement', dict(variant=v, dtype=str(dtype), error=f'{type(e).__name__}: {str(e)[:300]}'))
     model = big_model(args, device)
     start, end = (START, END) if model.config.vocab_size > START else (1, 2)   # a shrunken vocabulary (smoke runs)
     prompt_len, k = N_POINTS + 1, args.candidates
     for v in variants:
-        for parts in map(int, args.parts.split(',')):
+        for parts in [int(p) for p in args.parts.split(',') if p]:
             rows, pts = parts * k, torch.rand(parts, N_POINTS, 3, device=device) * 2 - 1
             run = lambda: shared_prompt_decode(model, pts, start, end, num_candidates=k, do_sample=True,
                                                temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.new_tokens,
                                                min_new_tokens=args.new_tokens, seed=args.seed, bucket=args.bucket,
                                                **variant_kw(v, device))
             row = dict(decoder=f'new, sampled ({v})', parts=parts, candidates=k,
-                       **floors(model, rows, parts, prompt_len, args.new_tokens, 1 if v in ('flash', 'triton') else args.bucket, args))
+                       **floors(model, rows, parts, prompt_len, args.new_tokens, 1 if is_flat(v) else args.bucket, args))
             try: row.update(measure(run, device, rows))
             except Exception as e: row.update(rows=rows, error=f'{type(e).__name__}: {str(e)[:300]}')
             free(model, device); record('sampling', row)
-    n, g = args.greedy_batch, args.greedy_tokens
-    pts = torch.rand(n, N_POINTS, 3, device=device) * 2 - 1
-    decoders = {"today's greedy_decode_static": lambda: greedy_decode_static(model, pts, start, end, max_new_tokens=g, min_new_tokens=g)}
-    for v in variants:
-        decoders[f'new, greedy ({v})'] = lambda v=v: shared_prompt_decode(model, pts, start, end, max_new_tokens=g, min_new_tokens=g,
-                                                                          bucket=args.bucket, **variant_kw(v, device))
-    for name, run in decoders.items():
-        shared = name.startswith('new')
-        row = dict(decoder=f'{name}, {g} tokens', parts=n, candidates=1,
-                   **floors(model, n, n, prompt_len, g, 1 if 'flash' in name or 'triton' in name or not shared else args.bucket, args, shared=shared))
-        try: row.update(measure(run, device, n))
-        except Exception as e: row.update(rows=n, error=f'{type(e).__name__}: {str(e)[:300]}')
-        free(model, device); record('greedy', row)
+    for n in [int(b) for b in args.greedy_batch.split(',') if b]:
+        greedy_rows(model, n, args.greedy_tokens, variants, start, end, prompt_len, device, args, record)
     for rows in (map(int, args.old_rows.split(',')) if args.old_rows else []):
         pts = torch.rand(rows, N_POINTS, 3, device=device) * 2 - 1
         run = lambda: greedy_decode_static(model, pts, start, end, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)

@@ -21,6 +21,7 @@ from cadrecode_nb.sampling import SharedPromptDecoder, draw_noise, logits_warper
 
 START, END, N_POINTS = 151644, 151643, 256
 KINDS = [('attention (FlashAttention)', r'flash'),
+         ('attention (Triton)', r'_decode_attention_kernel|_suffix_decode_kernel'),
          ('attention (FlexAttention)', r'flex|triton_tem'),
          ('matmul', r'gemm|gemv|cutlass|sm90|sm80|nvjet|matmul|xmma|splitk'),
          ('sampling', r'exponential|distribution|argmax|softmax|max_|sum_|reduce'),
@@ -49,7 +50,7 @@ def main():
     ap.add_argument('--parts', type=int, default=64); ap.add_argument('--candidates', type=int, default=16)
     ap.add_argument('--steps', type=int, default=20); ap.add_argument('--slot', type=int, default=200,
                                                                          help='position of the profiled steps')
-    ap.add_argument("--attention", default="matmul", choices=['flash', 'flex', 'matmul', 'triton'])
+    ap.add_argument("--attention", default="matmul", choices=['flash', 'flex', 'fused', 'matmul', 'triton'])
     ap.add_argument('--bucket', type=int, default=64); ap.add_argument('--out', default='sampling_profile.json')
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -10,9 +10,12 @@ from cadrecode_nb.model import CADRecode, tiny_config, generate_token_ids, greed
 from cadrecode_nb.sampling import (decode_step_bytes, draw_noise, kv_bytes_per_position, logits_warpers, pick_tokens,
                                    prefill_parts, shared_prefix_attention, flex_prefix_attention, shared_prompt_decode,
                                    queries_by_part, prefix_flash_attention, suffix_flash_attention, suffix_triton_attention,
-                                   merge_prefix_suffix, fused_projection_weights, refresh_fused_weights, SharedPromptDecoder)
+                                   merge_prefix_suffix, fused_projection_weights, refresh_fused_weights, SharedPromptDecoder,
+                                   decode_attention, decode_splits, merge_splits)
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-ATTENTIONS = ['triton', 'matmul']   # the flat path (the default; on a CPU its kernels' matmul versions) and the bucketed one
+# the flat paths (the default 'triton' and 'fused'; on a CPU their kernels' matmul versions) and the bucketed one
+ATTENTIONS = ['triton', 'fused', 'matmul']
 
 START = 1
 
@@ -238,3 +241,59 @@ def test_flat_decoder_layout(wild):
     hkv, g = model.config.num_key_value_heads, model.config.num_attention_heads // model.config.num_key_value_heads
     assert dec.prefix[0][0].shape[:3] == (2, 5, hkv) and dec.suffix[0][0].shape[:2] == (6 * 24, hkv)
     assert dec.bucket == 24 and dec.cu_q.tolist() == [i * g for i in range(7)] and dec.cu_k.tolist() == [i * 24 for i in range(7)]
+
+
+def test_decode_attention_rotates_writes_and_reads_each_row_to_its_used_length():
+    "RoPE at each row's newest slot, that slot's key and value written (nothing else), SDPA over [its part's prompt; used slots]."
+    torch.manual_seed(5)
+    b, k, hq, hkv, d, p, length = 2, 3, 6, 2, 8, 7, 9
+    rows, g = b * k, hq // hkv
+    qkv = torch.randn(rows, (hq + 2 * hkv) * d)
+    pk, pv = torch.randn(b, p, hkv, d), torch.randn(b, p, hkv, d)
+    sk, sv = torch.randn(rows * length, hkv, d), torch.randn(rows * length, hkv, d)
+    angles = torch.rand(length, d // 2) * 6
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    used = torch.tensor([1, 4, 9, 7, 2, 5], dtype=torch.int32)
+    k2, v2 = sk.clone(), sv.clone()
+    out, lse = decode_attention(qkv, pk, pv, k2, v2, cos, sin, used, k, hq, 0.3)
+    merged = merge_splits(out, lse, torch.float32).view(rows, hq, d)
+    q_new, k_new, v_new = qkv.view(rows, hq + 2 * hkv, d).split([hq, hkv, hkv], 1)
+    for r in range(rows):
+        n = int(used[r]) - 1                                               # the newest slot
+        q_r, k_r = apply_rotary_pos_emb(q_new[r][None, :, None], k_new[r][None, :, None], cos[None, n:n + 1], sin[None, n:n + 1])
+        cached = k2.view(rows, length, hkv, d)[r]
+        torch.testing.assert_close(cached[n], k_r[0, :, 0])
+        torch.testing.assert_close(v2.view(rows, length, hkv, d)[r, n], v_new[r])
+        others = torch.arange(length) != n
+        assert torch.equal(cached[others], sk.view(rows, length, hkv, d)[r][others])
+        keys = torch.cat([pk[r // k], cached[:n + 1]]).transpose(0, 1).repeat_interleave(g, 0)          # (Hq, P+n+1, D)
+        values = torch.cat([pv[r // k], v2.view(rows, length, hkv, d)[r, :n + 1]]).transpose(0, 1).repeat_interleave(g, 0)
+        ref = F.scaled_dot_product_attention(q_r[0], keys, values, scale=0.3)[:, 0]
+        torch.testing.assert_close(merged[r], ref, rtol=1e-5, atol=1e-5)
+    assert decode_splits(4, 2, torch.device('cpu')) == 1
+
+
+def test_merge_splits_equals_one_softmax_and_ignores_empty_ranges():
+    "Partial softmaxes over disjoint key ranges, merged, == the softmax over all keys; an empty range (-inf) adds nothing."
+    torch.manual_seed(6)
+    scores, values = torch.randn(3, 5, 10), torch.randn(3, 10, 4)          # (R, Hq, N), (R, N, D)
+    ranges = [(0, 3), (3, 3), (3, 10)]                                     # the middle one empty
+    outs, lses = [], []
+    for lo, hi in ranges:
+        s = scores[:, :, lo:hi]
+        lses.append(torch.logsumexp(s, -1) if hi > lo else torch.full((3, 5), float('-inf')))
+        outs.append(torch.softmax(s, -1) @ values[:, lo:hi] if hi > lo else torch.zeros(3, 5, 4))
+    merged = merge_splits(torch.stack(outs, 1), torch.stack(lses, 1), torch.float32)
+    torch.testing.assert_close(merged, (torch.softmax(scores, -1) @ values).flatten(1))
+    one = merge_splits(torch.stack(outs[2:], 1), torch.stack(lses[2:], 1), torch.bfloat16)   # one range: no merge
+    torch.testing.assert_close(one, outs[2].flatten(1).to(torch.bfloat16))
+
+def test_auto_attention_is_fused_for_one_candidate_else_triton(wild):
+    "The default picks the measured-fastest kernel: 'fused' at one row per part, 'triton' when candidates share a prompt."
+    model, clouds, end = wild
+    for k, expected in ((1, 'fused'), (3, 'triton')):
+        auto = shared_prompt_decode(model, clouds, START, end, num_candidates=k, do_sample=k > 1, max_new_tokens=6, seed=0)
+        assert model._cadrecode_shared_decoder[1].attention == expected
+        explicit = shared_prompt_decode(model, clouds, START, end, num_candidates=k, do_sample=k > 1, max_new_tokens=6,
+                                        seed=0, attention=expected)
+        assert torch.equal(auto, explicit)

@@ -404,7 +404,14 @@ def test_close_and_garbage_collection_leave_no_processes():
     del p; gc.collect()
     assert wait_gone(pids) and not os.path.exists(tmpdir)
 
-def test_keyboard_interrupt_kills_busy_workers_and_pool_recovers():
+@pytest.fixture
+def sigint_raises():
+    "Python's own SIGINT handler for the test: a shell starts background jobs (CI's included) with SIGINT ignored."
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+def test_keyboard_interrupt_kills_busy_workers_and_pool_recovers(sigint_raises):
     with CadWorkerPool(n_workers=1, timeout=60) as p:
         p.map([BOX])
         (busy_pid,) = worker_pids(p)

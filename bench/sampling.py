@@ -38,6 +38,7 @@ import torch
 
 from cadrecode_nb.model import (CADRecode, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 tiny_config)
+from cadrecode_nb import sampling
 from cadrecode_nb.sampling import (decode_attention, decode_attention_matmul, decode_splits, decode_step_bytes,
                                    merge_prefix_suffix, merge_splits, prefix_flash_attention, queries_by_part,
                                    shared_prompt_decode, suffix_flash_attention, suffix_triton_attention)
@@ -281,7 +282,11 @@ def main():
     ap.add_argument('--candidates', type=int, default=16); ap.add_argument('--temperature', type=float, default=1.0)
     ap.add_argument('--top-p', type=float, default=1.0); ap.add_argument('--new-tokens', type=int, default=400)
     ap.add_argument('--bucket', type=int, default=64, help='suffix lengths read: multiples of this')
-    ap.add_argument('--variants', default='triton,matmul', help=f'new-path variants: {", ".join(VARIANTS)}')
+    ap.add_argument('--variants', default='triton,matmul',
+                    help=f'new-path variants: {", ".join(VARIANTS)}; NAME:S for S key ranges per row')
+    ap.add_argument('--transposed-rows', type=int, default=None,
+                    help='GATE_UP_TRANSPOSED_ROWS: up to this many rows the gate/up copy is input-major (0: never)')
+    ap.add_argument('--suffix-tiles', default='', help="BLOCK_N,num_warps,num_stages of the 'triton' suffix kernel (default: SUFFIX_TILES)")
     ap.add_argument('--greedy-tokens', type=int, default=768)
     ap.add_argument('--greedy-batch', default='64', help='greedy batches, comma-separated')
     ap.add_argument('--skip-today', action='store_true', help="no greedy_decode_static rows (its compile takes ~40 s per batch)")
@@ -292,6 +297,9 @@ def main():
     ap.add_argument('--seed', type=int, default=0); ap.add_argument('--out', default='sampling.json')
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.transposed_rows is not None: sampling.GATE_UP_TRANSPOSED_ROWS = args.transposed_rows
+    if args.suffix_tiles:
+        sampling.SUFFIX_TILES = dict(zip(('BLOCK_N', 'num_warps', 'num_stages'), map(int, args.suffix_tiles.split(','))))
     import transformers
     result = dict(torch=torch.__version__, transformers=transformers.__version__, args=vars(args),
                   gpu=torch.cuda.get_device_name() if device.type == 'cuda' else None)

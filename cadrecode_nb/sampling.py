@@ -5,6 +5,7 @@
 # %% ../nbs/02a_sampling.ipynb #fa4b8117
 from __future__ import annotations
 from types import SimpleNamespace
+from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -15,10 +16,11 @@ except ImportError: AuxRequest = None
 from .model import CACHE_ARG, CADRecode, _generated_length, prompt_embeds
 
 # %% auto #0
-__all__ = ['kv_bytes_per_position', 'decode_step_bytes', 'logits_warpers', 'draw_noise', 'pick_tokens', 'prefill_parts',
-           'shared_prefix_attention', 'flex_prefix_attention', 'queries_by_part', 'prefix_flash_attention',
-           'suffix_flash_attention', 'merge_prefix_suffix', 'suffix_triton_attention', 'decode_attention_matmul',
-           'merge_splits', 'decode_splits', 'decode_attention', 'fused_projection_weights', 'refresh_fused_weights',
+__all__ = ['SUFFIX_TILES', 'DECODE_TILES', 'GATE_UP_TRANSPOSED_ROWS', 'ATTENTIONS', 'kv_bytes_per_position', 'decode_step_bytes',
+           'logits_warpers', 'draw_noise', 'pick_tokens', 'prefill_parts', 'shared_prefix_attention',
+           'flex_prefix_attention', 'queries_by_part', 'prefix_flash_attention', 'suffix_flash_attention',
+           'merge_prefix_suffix', 'suffix_triton_attention', 'decode_attention_matmul', 'merge_splits', 'decode_splits',
+           'decode_attention', 'DecodeWeights', 'fused_projection_weights', 'refresh_fused_weights',
            'SharedPromptDecoder', 'shared_prompt_decode']
 
 # %% ../nbs/02a_sampling.ipynb #ec98bffb
@@ -217,8 +219,11 @@ if triton is not None:
         tl.store(Out + (row * G + g)[:, None] * stride_or + head * stride_oh + dd[None, :], out.to(Out.dtype.element_ty), mask=(g < G)[:, None])
         tl.store(Lse + (row * G + g) * HKV + head, m_i + tl.log(l_i), mask=g < G)
 
+SUFFIX_TILES = dict(BLOCK_N=64, num_warps=4, num_stages=3)   # measured (bench/decode_kernels.py); triton.autotune picked slower ones
+
 def suffix_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, used: torch.Tensor,
-                            cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float) -> tuple:
+                            cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float,
+                            tiles: dict | None = None) -> tuple:   # the kernel's BLOCK_N, num_warps, num_stages (default SUFFIX_TILES)
     "`suffix_flash_attention` (same arguments and results) in a Triton kernel with 16-row query tiles, on a GPU with Triton."
     if triton is None or not _flash_ready(q): return suffix_flash_attention(q, k, v, used, cu_q, cu_k, scale)
     rows, hkv, d = len(used), k.shape[1], k.shape[2]
@@ -226,8 +231,7 @@ def suffix_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u
     out, lse = torch.empty_like(q), torch.empty(rows * g, hkv, device=q.device, dtype=torch.float32)
     _suffix_decode_kernel[(rows, hkv)](q, k, v, used, out, lse, scale, k.shape[0] // rows,
                                        q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-                                       G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=64, D=d, HKV=hkv,
-                                       num_warps=4, num_stages=3)   # measured; triton.autotune picked slower tiles
+                                       G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), D=d, HKV=hkv, **(tiles or SUFFIX_TILES))
     return out, lse
 
 # %% ../nbs/02a_sampling.ipynb #f88f7129
@@ -328,10 +332,13 @@ if triton is not None:
         tl.store(Out + heads[:, None] * D + d[None, :], acc / tl.where(filled, l_i, 1.0)[:, None], mask=(g < G)[:, None])
         tl.store(Lse + heads, tl.where(filled, m_i + tl.log(l_i), float('-inf')), mask=g < G)
 
+DECODE_TILES = dict(BLOCK_N=64, num_warps=4, num_stages=3)   # measured (bench/decode_kernels.py)
+
 def decode_attention(qkv: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tensor,
                      suffix_k: torch.Tensor, suffix_v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                      used: torch.Tensor, candidates: int, heads: int, scale: float,
-                     splits: int = 1) -> tuple:   # (out (R, S, Hq, D), lse (R, S, Hq)) float32, S = splits on the GPU, else 1
+                     splits: int = 1,
+                     tiles: dict | None = None) -> tuple:   # (out (R, S, Hq, D), lse (R, S, Hq)) float32, S = splits on the GPU, else 1
     "A step's attention for every row in one Triton kernel (arguments as `decode_attention_matmul`'s), `splits` key ranges per row; else in matmuls."
     if triton is None or not _flash_ready(qkv):
         return decode_attention_matmul(qkv, prompt_k, prompt_v, suffix_k, suffix_v, cos, sin, used, candidates, heads, scale)
@@ -341,8 +348,8 @@ def decode_attention(qkv: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.
     _decode_attention_kernel[(rows, hkv, splits)](
         qkv, prompt_k, prompt_v, suffix_k, suffix_v, cos, sin, used, out, lse, scale, prompt_k.shape[1],
         suffix_k.shape[0] // rows, candidates, qkv.stride(0), prompt_k.stride(0), prompt_k.stride(1), suffix_k.stride(0),
-        HQ=heads, HKV=hkv, G=heads // hkv, BLOCK_G=max(16, triton.next_power_of_2(heads // hkv)), BLOCK_N=64, D=d,
-        SPLITS=splits, num_warps=4, num_stages=3)   # the suffix kernel's measured tiles
+        HQ=heads, HKV=hkv, G=heads // hkv, BLOCK_G=max(16, triton.next_power_of_2(heads // hkv)), D=d,
+        SPLITS=splits, **(tiles or DECODE_TILES))
     return out, lse
 
 # %% ../nbs/02a_sampling.ipynb #bb3a7596
@@ -365,7 +372,16 @@ def _head_and_pick(model, x, done, allow_end, end_id: int, pad_id: int, warpers:
     return nxt, done, (scores if keep_scores else None)
 
 # %% ../nbs/02a_sampling.ipynb #bdef4360
-def fused_projection_weights(layer) -> tuple | None:
+GATE_UP_TRANSPOSED_ROWS = 64   # up to this many rows per step the gate/up copy is input-major (measured faster at 64)
+
+class DecodeWeights(NamedTuple):
+    "A layer's weights as the decoding step reads them: q/k/v (with biases) and gate/up, each concatenated."
+    qkv: torch.Tensor                 # ((Hq + 2 Hkv) D, H), the q, k, v weights one above the other
+    qkv_bias: torch.Tensor | None
+    gate_up: torch.Tensor             # (2I, H), or (H, 2I) when `transposed`
+    transposed: bool = False
+
+def fused_projection_weights(layer, transposed: bool = False) -> DecodeWeights | None:
     "Buffers for the layer's q/k/v weights and biases and its gate/up weights, concatenated; None unless they are plain `nn.Linear`s."
     attn, mlp = layer.self_attn, layer.mlp
     projections = (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)
@@ -373,27 +389,29 @@ def fused_projection_weights(layer) -> tuple | None:
     if len({attn.q_proj.bias is None, attn.k_proj.bias is None, attn.v_proj.bias is None}) > 1: return None
     qkv = torch.cat([p.weight for p in projections[:3]])
     bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections[:3]])
-    return qkv, bias, torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+    gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+    return DecodeWeights(qkv, bias, gate_up.t().contiguous() if transposed else gate_up, transposed)
 
-def refresh_fused_weights(layer, fused: tuple) -> None:
+def refresh_fused_weights(layer, fused: DecodeWeights) -> None:
     "Copy the layer's current weights into its concatenated buffers (the model may have been trained since)."
     attn, mlp = layer.self_attn, layer.mlp
-    torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], out=fused[0])
-    if fused[1] is not None: torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias], out=fused[1])
-    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], out=fused[2])
+    torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], out=fused.qkv)
+    if fused.qkv_bias is not None: torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias], out=fused.qkv_bias)
+    if fused.transposed: torch.cat([mlp.gate_proj.weight.t(), mlp.up_proj.weight.t()], 1, out=fused.gate_up)
+    else: torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], out=fused.gate_up)
 
-def _projections(layer, h: torch.Tensor, fused: tuple | None) -> tuple:
+def _projections(layer, h: torch.Tensor, fused: DecodeWeights | None) -> tuple:
     "q, k, v of the normed input: the layer's three projections, or one matmul over their concatenated weights."
     attn = layer.self_attn
     if fused is None: return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
     sizes = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
-    return F.linear(h, fused[0], fused[1]).split(sizes, -1)
+    return F.linear(h, fused.qkv, fused.qkv_bias).split(sizes, -1)
 
-def _mlp(layer, h: torch.Tensor, fused: tuple | None) -> torch.Tensor:
+def _mlp(layer, h: torch.Tensor, fused: DecodeWeights | None) -> torch.Tensor:
     "Qwen2's MLP, down(act(gate(h)) * up(h)), with gate and up as one matmul when fused."
     mlp = layer.mlp
     if fused is None: return mlp(h)
-    gate, up = F.linear(h, fused[2]).chunk(2, -1)
+    gate, up = (h @ fused.gate_up if fused.transposed else F.linear(h, fused.gate_up)).chunk(2, -1)
     return mlp.down_proj(mlp.act_fn(gate) * up)
 
 def _flash_inputs(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, candidates: int, fused=None) -> tuple:
@@ -412,34 +430,54 @@ def _flash_output_and_mlp(layer, x: torch.Tensor, o1, lse1, o2, lse2, fused=None
 def _fused_inputs(layer, x: torch.Tensor, fused=None) -> torch.Tensor:
     "A layer up to `decode_attention`: the normed input's q, k, v projections side by side, (R, (Hq + 2 Hkv) D), no RoPE."
     h = layer.input_layernorm(x)[:, 0]
-    return torch.cat(_projections(layer, h, None), -1) if fused is None else F.linear(h, fused[0], fused[1])
+    return torch.cat(_projections(layer, h, None), -1) if fused is None else F.linear(h, fused.qkv, fused.qkv_bias)
 
 def _fused_output_and_mlp(layer, x: torch.Tensor, out, lse, fused=None) -> torch.Tensor:
     "The key ranges merged, then the rest of the layer as `_attention_output_and_mlp`."
     x = x + layer.self_attn.o_proj(merge_splits(out, lse, x.dtype)[:, None])
     return x + _mlp(layer, layer.post_attention_layernorm(x), fused)
 
+# one piece from a layer's attention output to the next layer's attention input: compiled, the residual add of the
+# MLP fuses into the next layer's norm instead of being a kernel of its own between two compiled pieces
+def _flash_between(layer, next_layer, x, o1, lse1, o2, lse2, cos, sin, candidates: int, fused=None, next_fused=None) -> tuple:
+    "`_flash_output_and_mlp` of `layer`, then `_flash_inputs` of `next_layer`: (x, the next layer's q_rows, q_parts, k, v)."
+    x = _flash_output_and_mlp(layer, x, o1, lse1, o2, lse2, fused)
+    return x, *_flash_inputs(next_layer, x, cos, sin, candidates, next_fused)
+
+def _fused_between(layer, next_layer, x, out, lse, fused=None, next_fused=None) -> tuple:
+    "`_fused_output_and_mlp` of `layer`, then `_fused_inputs` of `next_layer`: (x, the next layer's q/k/v projections)."
+    x = _fused_output_and_mlp(layer, x, out, lse, fused)
+    return x, _fused_inputs(next_layer, x, next_fused)
+
 # the pieces per attention, eager (CPU) or compiled once for all layers (GPU): the attention in plain matmuls
 # ('matmul'), in FlexAttention's kernels ('flex'; both compiled with dynamic shapes: one compile for all buckets),
 # or in kernels called between compiled pieces ('flash', 'triton', 'fused': one static shape, one graph)
 _compile = lambda fn, **kw: torch.compile(fn, fullgraph=True, **kw)
-# each row count, candidate count and attention is a graph of its own: allow more of them than dynamo's default 8
+# each row count, candidate count and attention is a graph of its own: allow more than dynamo's default 8
 _limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
 setattr(torch._dynamo.config, _limit, max(getattr(torch._dynamo.config, _limit), 64))
-_static = lambda fn: _compile(fn, dynamic=False)
 _EAGER = SimpleNamespace(inputs=_attention_inputs, attention=shared_prefix_attention,
                          rest=_attention_output_and_mlp, head=_head_and_pick)
-_EAGER_FLASH = SimpleNamespace(inputs=_flash_inputs, rest=_flash_output_and_mlp, head=_head_and_pick)
-_COMPILED_PIECES = dict(inputs=_static(_attention_inputs), rest=_static(_attention_output_and_mlp), head=_static(_head_and_pick))
-_PIECES = {
-    'matmul': (_EAGER, SimpleNamespace(**_COMPILED_PIECES, attention=_compile(
-        shared_prefix_attention, dynamic=True, options={'triton.coalesce_tiling_analysis': False}))),  # see speed.compile_layers
-    'flex': (_EAGER, SimpleNamespace(**_COMPILED_PIECES, attention=_compile(flex_prefix_attention, dynamic=True))),
-    'flash': (_EAGER_FLASH, SimpleNamespace(inputs=_static(_flash_inputs), rest=_static(_flash_output_and_mlp),
-                                            head=_COMPILED_PIECES['head']))}
-_PIECES['triton'] = _PIECES['flash']   # the same pieces; only the suffix kernel differs
-_PIECES['fused'] = (SimpleNamespace(inputs=_fused_inputs, rest=_fused_output_and_mlp, head=_head_and_pick),
-                    SimpleNamespace(inputs=_static(_fused_inputs), rest=_static(_fused_output_and_mlp), head=_COMPILED_PIECES['head']))
+_EAGER_FLASH = SimpleNamespace(inputs=_flash_inputs, rest=_flash_output_and_mlp, between=_flash_between, head=_head_and_pick)
+_EAGER_PIECES = dict(matmul=_EAGER, flex=_EAGER, flash=_EAGER_FLASH, triton=_EAGER_FLASH,   # 'triton': only the suffix kernel differs
+                     fused=SimpleNamespace(inputs=_fused_inputs, rest=_fused_output_and_mlp, between=_fused_between,
+                                           head=_head_and_pick))
+
+def _compiled_pieces() -> dict:
+    "Each attention's pieces, compiled (at their first call)."
+    static = lambda fn: _compile(fn, dynamic=False)
+    plain = dict(inputs=static(_attention_inputs), rest=static(_attention_output_and_mlp), head=static(_head_and_pick))
+    flash = SimpleNamespace(inputs=static(_flash_inputs), rest=static(_flash_output_and_mlp), between=static(_flash_between),
+                            head=plain['head'])
+    return dict(matmul=SimpleNamespace(**plain, attention=_compile(shared_prefix_attention, dynamic=True,   # see speed.compile_layers
+                                                                   options={'triton.coalesce_tiling_analysis': False})),
+                flex=SimpleNamespace(**plain, attention=_compile(flex_prefix_attention, dynamic=True)),
+                flash=flash, triton=flash,
+                fused=SimpleNamespace(inputs=static(_fused_inputs), rest=static(_fused_output_and_mlp),
+                                      between=static(_fused_between), head=plain['head']))
+
+_COMPILED_PIECES = _compiled_pieces()
+ATTENTIONS = tuple(_EAGER_PIECES)
 
 # %% ../nbs/02a_sampling.ipynb #c6e7b7d1
 class SharedPromptDecoder:
@@ -451,7 +489,7 @@ class SharedPromptDecoder:
         cfg, dev, dt = model.config, model.device, model.dtype
         self.model, self.k, self.rows, self.max_new = model, candidates, parts * candidates, max_new_tokens
         self.end_id, self.pad_id, self.warpers, self.graphed, self.attention = end_id, pad_id, warpers, graphed, attention
-        self.fns = _PIECES[attention][int(compiled)]
+        self.fns = _COMPILED_PIECES[attention] if compiled else _EAGER_PIECES[attention]
         hkv, d, length = cfg.num_key_value_heads, model.model.layers[0].self_attn.head_dim, -(-max_new_tokens // bucket) * bucket
         self.flat = attention in ('flash', 'triton', 'fused')   # the flat layouts: one bucket, each row read to its filled length
         self.bucket = length if self.flat else bucket
@@ -466,7 +504,8 @@ class SharedPromptDecoder:
             g = cfg.num_attention_heads // hkv
             self.cu_q, self.cu_k, self.row_starts = rows_i32 * g, rows_i32 * length, rows_i32[:-1].long() * length
             self.used = torch.zeros(self.rows, dtype=torch.int32, device=dev)
-            self.fused = [fused_projection_weights(layer) for layer in model.model.layers]
+            transposed = dev.type == 'cuda' and self.rows <= GATE_UP_TRANSPOSED_ROWS
+            self.fused = [fused_projection_weights(layer, transposed) for layer in model.model.layers]
             self.splits = splits or decode_splits(self.rows, hkv, dev)   # 'fused': key ranges per row
         positions = torch.arange(prompt_len, prompt_len + length, device=dev)[None]
         self.cos, self.sin = model.model.rotary_emb(zeros(1), positions)   # (1, length, D): each position once
@@ -497,24 +536,28 @@ def _flash_layers(self: SharedPromptDecoder, x: torch.Tensor) -> torch.Tensor:
     cos, sin = self.cos[:, slot], self.sin[:, slot]
     self.used.copy_((slot + 1).expand(self.rows))
     at = self.row_starts + slot                                      # (R,) the newest slot of each row in the flat buffer
-    for layer, (pk, pv), (sk, sv), fused in zip(self.model.model.layers, self.prefix, self.suffix, self.fused):
-        q_rows, q_parts, k, v = fns.inputs(layer, x, cos, sin, self.k, fused)
+    layers = self.model.model.layers
+    q_rows, q_parts, k, v = fns.inputs(layers[0], x, cos, sin, self.k, self.fused[0])
+    for i, layer in enumerate(layers):
+        (pk, pv), (sk, sv), scaling = self.prefix[i], self.suffix[i], layer.self_attn.scaling
         sk.index_copy_(0, at, k); sv.index_copy_(0, at, v)
-        scaling = layer.self_attn.scaling
         o1, lse1 = prefix_flash_attention(q_parts, pk, pv, scaling)
         o2, lse2 = self.suffix_attention(q_rows, sk, sv, self.used, self.cu_q, self.cu_k, scaling)
-        x = fns.rest(layer, x, o1, lse1, o2, lse2, fused)
-    return x
+        if i + 1 == len(layers): return fns.rest(layer, x, o1, lse1, o2, lse2, self.fused[i])
+        x, q_rows, q_parts, k, v = fns.between(layer, layers[i + 1], x, o1, lse1, o2, lse2, cos, sin, self.k,
+                                               self.fused[i], self.fused[i + 1])
 
 def _fused_layers(self: SharedPromptDecoder, x: torch.Tensor) -> torch.Tensor:
     "The layers for the 'fused' attention: `decode_attention` writes the newest keys and values and reads every row to `used`."
     fns, heads, (cos, sin) = self.fns, self.model.config.num_attention_heads, (self.cos[0], self.sin[0])   # (L, D) tables
     self.used.copy_((self.slot + 1).expand(self.rows))
-    for layer, (pk, pv), (sk, sv), fused in zip(self.model.model.layers, self.prefix, self.suffix, self.fused):
-        out, lse = decode_attention(fns.inputs(layer, x, fused), pk, pv, sk, sv, cos, sin, self.used, self.k, heads,
+    layers = self.model.model.layers
+    qkv = fns.inputs(layers[0], x, self.fused[0])
+    for i, layer in enumerate(layers):
+        out, lse = decode_attention(qkv, *self.prefix[i], *self.suffix[i], cos, sin, self.used, self.k, heads,
                                     layer.self_attn.scaling, self.splits)
-        x = fns.rest(layer, x, out, lse, fused)
-    return x
+        if i + 1 == len(layers): return fns.rest(layer, x, out, lse, self.fused[i])
+        x, qkv = fns.between(layer, layers[i + 1], x, out, lse, self.fused[i], self.fused[i + 1])
 
 def _step(self: SharedPromptDecoder, length: int) -> torch.Tensor | None:
     "One decoding step reading suffix slots [0, length): the newest tokens in, the next ones out, all state on the device."
@@ -608,7 +651,7 @@ def shared_prompt_decode(model: CADRecode,
     graphed = points.is_cuda if graphed is None else graphed
     compiled = points.is_cuda if compiled is None else compiled
     if attention == 'auto': attention = 'fused' if num_candidates == 1 else 'triton'
-    if attention not in _PIECES: raise ValueError(f"attention must be 'auto' or one of {list(_PIECES)}, got {attention!r}")
+    if attention not in ATTENTIONS: raise ValueError(f"attention must be 'auto' or one of {list(ATTENTIONS)}, got {attention!r}")
     if return_scores and graphed: raise ValueError("return_scores needs graphed=False: a graph's scores are overwritten")
     warpers, pad_id = logits_warpers(temperature, top_p) if do_sample else (), end_id if pad_id is None else pad_id
     logits, prefix = prefill_parts(model, points, start_id)

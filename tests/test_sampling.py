@@ -11,7 +11,7 @@ from cadrecode_nb.sampling import (decode_step_bytes, draw_noise, kv_bytes_per_p
                                    prefill_parts, shared_prefix_attention, flex_prefix_attention, shared_prompt_decode,
                                    queries_by_part, prefix_flash_attention, suffix_flash_attention, suffix_triton_attention,
                                    merge_prefix_suffix, fused_projection_weights, refresh_fused_weights, SharedPromptDecoder,
-                                   decode_attention, decode_splits, merge_splits)
+                                   decode_attention, decode_splits, merge_splits, _mlp, _projections)
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 # the flat paths (the default 'triton' and 'fused'; on a CPU their kernels' matmul versions) and the bucketed one
@@ -231,6 +231,25 @@ def test_fused_weights_follow_the_model_and_skip_wrapped_layers(wild):
     wrapped = copy.deepcopy(layer)
     wrapped.self_attn.q_proj = torch.nn.Sequential(wrapped.self_attn.q_proj)   # as a LoRA wrapper replaces the module
     assert fused_projection_weights(wrapped) is None
+
+
+def test_transposed_gate_up_equals_the_modules_and_follows_a_refresh(wild):
+    "With the gate/up copy input-major (few rows on a GPU) the MLP and projections still equal the modules', and a refresh follows the model."
+    model, _, _ = wild
+    layer = model.model.layers[1]
+    fused = fused_projection_weights(layer, transposed=True)
+    hidden, inter = model.config.hidden_size, model.config.intermediate_size
+    assert fused.gate_up.shape == (hidden, 2 * inter) and fused.gate_up.is_contiguous() and fused.transposed
+    h = torch.randn(5, 1, hidden)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)   # another summation order
+    close(_mlp(layer, h, fused), layer.mlp(h))
+    for ours, theirs in zip(_projections(layer, h, fused), (layer.self_attn.q_proj(h), layer.self_attn.k_proj(h), layer.self_attn.v_proj(h))):
+        close(ours, theirs)
+    with torch.no_grad():
+        layer.mlp.gate_proj.weight.mul_(2.0)
+        refresh_fused_weights(layer, fused)
+        close(_mlp(layer, h, fused), layer.mlp(h))
+        layer.mlp.gate_proj.weight.div_(2.0)
 
 
 def test_flat_decoder_layout(wild):

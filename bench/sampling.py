@@ -35,13 +35,14 @@ import argparse, gc, json, sys, time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from cadrecode_nb.model import (CADRecode, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 tiny_config)
 from cadrecode_nb import sampling
 from cadrecode_nb.sampling import (decode_attention, decode_attention_matmul, decode_splits, decode_step_bytes,
                                    merge_prefix_suffix, merge_splits, prefix_flash_attention, queries_by_part,
-                                   shared_prompt_decode, suffix_flash_attention, suffix_triton_attention)
+                                   shared_prompt_decode, splitk_linear, suffix_flash_attention, suffix_triton_attention)
 
 START, END = 151644, 151643   # Qwen2's <|im_start|> and <|endoftext|>
 N_POINTS = 256
@@ -138,7 +139,34 @@ def kernel_check(device, parts=4, candidates=16, prompt_len=257, length=448, hq=
            dict(triton_suffix_out=round(float((o3.float() - outs['fp32'][2]).abs().max()), 5),
                 triton_suffix_lse=round(float((l3 - outs['fp32'][3]).abs().max()), 5),
                 bf16_ulp_at_1=2 ** -8, rows=rows, lengths=[int(used.min()), int(used.max())]) | \
-           fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d)
+           fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d) | splitk_check(device)
+
+
+def splitk_check(device) -> dict:
+    "`splitk_linear` (bf16, the measured shapes, bias or residual) against float32 sums, and whether two calls give the same bits."
+    torch.manual_seed(2)
+    res = {}
+    for (n, k), has_bias in zip(sampling.SPLITK_TILES, (True, False, False)):
+        for rows in (1, 13, 64):
+            x, w, r = (torch.randn(*shape, device=device, dtype=torch.bfloat16) for shape in ((rows, k), (n, k), (rows, n)))
+            b = torch.randn(n, device=device, dtype=torch.bfloat16) if has_bias else None
+            want = x.float() @ w.float().t() + r.float() + (0 if b is None else b.float())
+            got = splitk_linear(x, w, b, r)
+            res[f'splitk_{n}x{k}_rows{rows}_max_rel_diff'] = round(float((got.float() - want).abs().max() / want.abs().max()), 5)
+            res[f'splitk_{n}x{k}_rows{rows}_same_bits'] = bool(torch.equal(splitk_linear(x, w, b, r), got))
+    for rows in (1, 13, 64):   # the output projection over two key ranges, the down projection over gate and up
+        out, lse = torch.randn(rows, 2, 12, 128, device=device), torch.randn(rows, 2, 12, device=device)
+        w, r = (torch.randn(*shape, device=device, dtype=torch.bfloat16) for shape in ((1536, 1536), (rows, 1536)))
+        want = sampling.merge_splits(out, lse, torch.bfloat16).float() @ w.float().t() + r.float()
+        got = splitk_linear(out, w, None, r, merge_lse=lse)
+        res[f'splitk_merged_rows{rows}_max_rel_diff'] = round(float((got.float() - want).abs().max() / want.abs().max()), 5)
+        gate_up, w = (torch.randn(*shape, device=device, dtype=torch.bfloat16) for shape in ((rows, 17920), (1536, 8960)))
+        want = (F.silu(gate_up[:, :8960].float()) * gate_up[:, 8960:].float()).bfloat16().float() @ w.float().t() + r.float()
+        got = splitk_linear(gate_up, w, None, r, gated=True)
+        res[f'splitk_gated_rows{rows}_max_rel_diff'] = round(float((got.float() - want).abs().max() / want.abs().max()), 5)
+        res[f'splitk_gated_rows{rows}_same_bits'] = bool(torch.equal(splitk_linear(gate_up, w, None, r, gated=True), got))
+    res['splitk_counts_back_at_zero'] = int(sampling.splitk_arrivals(device).abs().sum()) == 0
+    return res
 
 
 def fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d) -> dict:
@@ -286,6 +314,10 @@ def main():
                     help=f'new-path variants: {", ".join(VARIANTS)}; NAME:S for S key ranges per row')
     ap.add_argument('--transposed-rows', type=int, default=None,
                     help='GATE_UP_TRANSPOSED_ROWS: up to this many rows the gate/up copy is input-major (0: never)')
+    ap.add_argument('--splitk-rows', type=int, default=None,
+                    help='SPLITK_ROWS: up to this many rows the q/k/v, output and down projections run in splitk_linear (0: never)')
+    ap.add_argument('--splitk-prologues', type=int, default=None,
+                    help="SPLITK_PROLOGUES: 1 merges the key ranges and computes silu(gate) * up in splitk_linear's prologue, 0 not")
     ap.add_argument('--suffix-tiles', default='', help="BLOCK_N,num_warps,num_stages of the 'triton' suffix kernel (default: SUFFIX_TILES)")
     ap.add_argument('--greedy-tokens', type=int, default=768)
     ap.add_argument('--greedy-batch', default='64', help='greedy batches, comma-separated')
@@ -298,6 +330,8 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.transposed_rows is not None: sampling.GATE_UP_TRANSPOSED_ROWS = args.transposed_rows
+    if args.splitk_rows is not None: sampling.SPLITK_ROWS = args.splitk_rows
+    if args.splitk_prologues is not None: sampling.SPLITK_PROLOGUES = bool(args.splitk_prologues)
     if args.suffix_tiles:
         sampling.SUFFIX_TILES = dict(zip(('BLOCK_N', 'num_warps', 'num_stages'), map(int, args.suffix_tiles.split(','))))
     import transformers

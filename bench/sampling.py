@@ -31,18 +31,17 @@ A CPU smoke run (a tiny model, seconds):
         --greedy-tokens 24 --greedy-batch 4 --old-rows 4 --variants graphed --out /tmp/sampling_smoke.json
 (on a CPU both variants run the same eager code; the agreement checks dominate its time)
 """
-import argparse, gc, json, sys, time
+import argparse, gc, itertools, json, sys, time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cadrecode_nb.model import (CADRecode, generate_token_ids, greedy_decode_static, qwen2_1_5b_config,
                                 tiny_config)
 from cadrecode_nb import sampling
 from cadrecode_nb.sampling import (decode_attention, decode_attention_matmul, decode_splits, decode_step_bytes,
                                    merge_prefix_suffix, merge_splits, prefix_flash_attention, queries_by_part,
-                                   shared_prompt_decode, splitk_linear, suffix_flash_attention, suffix_triton_attention)
+                                   shared_prompt_decode, suffix_flash_attention, suffix_triton_attention)
 
 START, END = 151644, 151643   # Qwen2's <|im_start|> and <|endoftext|>
 N_POINTS = 256
@@ -139,34 +138,7 @@ def kernel_check(device, parts=4, candidates=16, prompt_len=257, length=448, hq=
            dict(triton_suffix_out=round(float((o3.float() - outs['fp32'][2]).abs().max()), 5),
                 triton_suffix_lse=round(float((l3 - outs['fp32'][3]).abs().max()), 5),
                 bf16_ulp_at_1=2 ** -8, rows=rows, lengths=[int(used.min()), int(used.max())]) | \
-           fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d) | splitk_check(device)
-
-
-def splitk_check(device) -> dict:
-    "`splitk_linear` (bf16, the measured shapes, bias or residual) against float32 sums, and whether two calls give the same bits."
-    torch.manual_seed(2)
-    res = {}
-    for (n, k), has_bias in zip(sampling.SPLITK_TILES, (True, False, False)):
-        for rows in (1, 13, 64):
-            x, w, r = (torch.randn(*shape, device=device, dtype=torch.bfloat16) for shape in ((rows, k), (n, k), (rows, n)))
-            b = torch.randn(n, device=device, dtype=torch.bfloat16) if has_bias else None
-            want = x.float() @ w.float().t() + r.float() + (0 if b is None else b.float())
-            got = splitk_linear(x, w, b, r)
-            res[f'splitk_{n}x{k}_rows{rows}_max_rel_diff'] = round(float((got.float() - want).abs().max() / want.abs().max()), 5)
-            res[f'splitk_{n}x{k}_rows{rows}_same_bits'] = bool(torch.equal(splitk_linear(x, w, b, r), got))
-    for rows in (1, 13, 64):   # the output projection over two key ranges, the down projection over gate and up
-        out, lse = torch.randn(rows, 2, 12, 128, device=device), torch.randn(rows, 2, 12, device=device)
-        w, r = (torch.randn(*shape, device=device, dtype=torch.bfloat16) for shape in ((1536, 1536), (rows, 1536)))
-        want = sampling.merge_splits(out, lse, torch.bfloat16).float() @ w.float().t() + r.float()
-        got = splitk_linear(out, w, None, r, merge_lse=lse)
-        res[f'splitk_merged_rows{rows}_max_rel_diff'] = round(float((got.float() - want).abs().max() / want.abs().max()), 5)
-        gate_up, w = (torch.randn(*shape, device=device, dtype=torch.bfloat16) for shape in ((rows, 17920), (1536, 8960)))
-        want = (F.silu(gate_up[:, :8960].float()) * gate_up[:, 8960:].float()).bfloat16().float() @ w.float().t() + r.float()
-        got = splitk_linear(gate_up, w, None, r, gated=True)
-        res[f'splitk_gated_rows{rows}_max_rel_diff'] = round(float((got.float() - want).abs().max() / want.abs().max()), 5)
-        res[f'splitk_gated_rows{rows}_same_bits'] = bool(torch.equal(splitk_linear(gate_up, w, None, r, gated=True), got))
-    res['splitk_counts_back_at_zero'] = int(sampling.splitk_arrivals(device).abs().sum()) == 0
-    return res
+           fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d)
 
 
 def fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d) -> dict:
@@ -183,34 +155,41 @@ def fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d
     o_ref, l_ref = decode_attention_matmul(qkv.float(), pk.float(), pv.float(), ref_k, ref_v, cos.float(), sin.float(), used,
                                            candidates, hq, d ** -0.5)
     res = {}
-    for splits in (1, 3, 8):
+    for splits, one_loop in itertools.product((1, 3, 8), (False, True)):   # the kernel's two loop structures
         k2, v2 = sk.clone(), sv.clone()
-        o, l = decode_attention(qkv, pk, pv, k2, v2, cos, sin, used, candidates, hq, d ** -0.5, splits)
-        res[f'fused_out_splits{splits}'] = round(float((merge_splits(o, l, torch.float32) - o_ref.flatten(1)).abs().max()), 5)
-        res[f'fused_lse_splits{splits}'] = round(float((torch.logsumexp(l, 1) - l_ref[:, 0]).abs().max()), 5)
-        res[f'fused_cache_k_splits{splits}'] = round(float((k2.float() - ref_k).abs().max()), 5)
-        res[f'fused_cache_v_splits{splits}'] = round(float((v2.float() - ref_v).abs().max()), 5)
+        o, l = decode_attention(qkv, pk, pv, k2, v2, cos, sin, used, candidates, hq, d ** -0.5, splits,
+                                {**sampling.DECODE_TILES, 'ONE_LOOP': one_loop})
+        name = f'splits{splits}' + ('_one_loop' if one_loop else '')
+        res[f'fused_out_{name}'] = round(float((merge_splits(o, l, torch.float32) - o_ref.flatten(1)).abs().max()), 5)
+        res[f'fused_lse_{name}'] = round(float((torch.logsumexp(l, 1) - l_ref[:, 0]).abs().max()), 5)
+        res[f'fused_cache_k_{name}'] = round(float((k2.float() - ref_k).abs().max()), 5)
+        res[f'fused_cache_v_{name}'] = round(float((v2.float() - ref_v).abs().max()), 5)
     return res
+
+
+def per_layer(make, nbytes: int, layers: int, l2_bytes: float = 50e6) -> list:
+    "`layers` inputs as a step reads them: one per layer while one is small enough (under 2x the L2) to be served from the L2 if shared."
+    return [make() for _ in range(layers)] if nbytes < 2 * l2_bytes else [make()] * layers
 
 
 def decode_timing(device, rows, candidates, filled, prompt_len=257, length=768, hq=12, hkv=2, d=128, layers=28, reps=20) -> dict:
     "ms per step (28 layers) of `decode_attention` alone for several key-range counts, every row `filled` slots long."
     bf = lambda *shape: torch.randn(*shape, device=device, dtype=torch.bfloat16)
     parts = rows // candidates
-    qkv, pk, pv, sk, sv = bf(rows, (hq + 2 * hkv) * d), bf(parts, prompt_len, hkv, d), bf(parts, prompt_len, hkv, d), \
-                          bf(rows * length, hkv, d), bf(rows * length, hkv, d)
-    cos, sin = bf(length, d), bf(length, d)
+    qkv, cos, sin = bf(rows, (hq + 2 * hkv) * d), bf(length, d), bf(length, d)
+    caches = per_layer(lambda: (bf(parts, prompt_len, hkv, d), bf(parts, prompt_len, hkv, d), bf(rows * length, hkv, d),
+                                bf(rows * length, hkv, d)), (parts * prompt_len + rows * filled) * hkv * d * 2 * 2, layers)
     used = torch.full((rows,), filled, device=device, dtype=torch.int32)
     shared_bytes = layers * (parts * prompt_len + rows * filled) * hkv * d * 2 * 2
     res = dict(rows=rows, candidates=candidates, filled=filled, auto_splits=decode_splits(rows, hkv, device),
-               bytes_floor_ms=round(shared_bytes / 4.8e12 * 1e3, 3))
+               bytes_floor_ms=round(shared_bytes / 4.8e12 * 1e3, 3), caches_per_layer=caches[0] is not caches[-1])
     for splits in (1, 2, 4, 8, 16):   # a step's 28 calls in a CUDA graph, as the decoder runs them (no launch gaps)
-        call = lambda: decode_attention(qkv, pk, pv, sk, sv, cos, sin, used, candidates, hq, d ** -0.5, splits)
-        for _ in range(3): call()
+        call = lambda i: decode_attention(qkv, *caches[i], cos, sin, used, candidates, hq, d ** -0.5, splits)
+        for _ in range(3): call(0)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            for _ in range(layers): call()
+            for i in range(layers): call(i)
         graph.replay()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -225,17 +204,18 @@ def suffix_timing(device, rows, filled, length, hq=12, hkv=2, d=128, layers=28, 
     "ms per step (28 layers) of the suffix attention alone, FlashAttention-2's varlen kernel against the Triton one, every row `filled` long."
     g = hq // hkv
     q = torch.randn(rows * g, hkv, d, device=device, dtype=torch.bfloat16)
-    k, v = (torch.randn(rows * length, hkv, d, device=device, dtype=torch.bfloat16) for _ in range(2))
+    caches = per_layer(lambda: [torch.randn(rows * length, hkv, d, device=device, dtype=torch.bfloat16) for _ in range(2)],
+                       rows * filled * hkv * d * 2 * 2, layers)
     used = torch.full((rows,), filled, device=device, dtype=torch.int32)
     steps = torch.arange(rows + 1, device=device, dtype=torch.int32)
-    res = dict(rows=rows, filled=filled, length=length,
+    res = dict(rows=rows, filled=filled, length=length, caches_per_layer=caches[0] is not caches[-1],
                bytes_floor_ms=round(layers * rows * filled * hkv * d * 2 * 2 / 4.8e12 * 1e3, 3))
     for name, fn in dict(flash=suffix_flash_attention, triton=suffix_triton_attention).items():
-        call = lambda: fn(q, k, v, used, steps * g, steps * length, d ** -0.5)
-        for _ in range(3): call()
+        call = lambda i: fn(q, *caches[i], used, steps * g, steps * length, d ** -0.5)
+        for _ in range(3): call(0)
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(reps * layers): call()
+        for i in range(reps * layers): call(i % layers)
         stop.record(); torch.cuda.synchronize()
         res[f'{name}_ms_per_step'] = round(start.elapsed_time(stop) / reps, 3)
     return res
@@ -314,10 +294,7 @@ def main():
                     help=f'new-path variants: {", ".join(VARIANTS)}; NAME:S for S key ranges per row')
     ap.add_argument('--transposed-rows', type=int, default=None,
                     help='GATE_UP_TRANSPOSED_ROWS: up to this many rows the gate/up copy is input-major (0: never)')
-    ap.add_argument('--splitk-rows', type=int, default=None,
-                    help='SPLITK_ROWS: up to this many rows the q/k/v, output and down projections run in splitk_linear (0: never)')
-    ap.add_argument('--splitk-prologues', type=int, default=None,
-                    help="SPLITK_PROLOGUES: 1 merges the key ranges and computes silu(gate) * up in splitk_linear's prologue, 0 not")
+    ap.add_argument('--decode-tiles', default='', help="BLOCK_N,num_warps,num_stages[,one loop 0/1] of the 'fused' kernel (default: DECODE_TILES)")
     ap.add_argument('--suffix-tiles', default='', help="BLOCK_N,num_warps,num_stages of the 'triton' suffix kernel (default: SUFFIX_TILES)")
     ap.add_argument('--greedy-tokens', type=int, default=768)
     ap.add_argument('--greedy-batch', default='64', help='greedy batches, comma-separated')
@@ -330,8 +307,9 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.transposed_rows is not None: sampling.GATE_UP_TRANSPOSED_ROWS = args.transposed_rows
-    if args.splitk_rows is not None: sampling.SPLITK_ROWS = args.splitk_rows
-    if args.splitk_prologues is not None: sampling.SPLITK_PROLOGUES = bool(args.splitk_prologues)
+    if args.decode_tiles:
+        block_n, warps, stages, *one_loop = map(int, args.decode_tiles.split(','))
+        sampling.DECODE_TILES = dict(BLOCK_N=block_n, num_warps=warps, num_stages=stages, ONE_LOOP=bool(one_loop and one_loop[0]))
     if args.suffix_tiles:
         sampling.SUFFIX_TILES = dict(zip(('BLOCK_N', 'num_warps', 'num_stages'), map(int, args.suffix_tiles.split(','))))
     import transformers

@@ -18,7 +18,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from cadrecode_nb.model import CADRecode, qwen2_1_5b_config
-from cadrecode_nb import sampling
 from cadrecode_nb.sampling import SharedPromptDecoder, draw_noise, logits_warpers, prefill_parts
 
 START, END, N_POINTS = 151644, 151643, 256
@@ -54,12 +53,8 @@ def main():
                                                                          help='position of the profiled steps')
     ap.add_argument("--attention", default="matmul", choices=['flash', 'flex', 'fused', 'matmul', 'triton'])
     ap.add_argument('--greedy', action='store_true', help='greedy steps (no noise, no warpers) instead of sampled ones')
-    ap.add_argument('--splitk-rows', type=int, default=None, help='SPLITK_ROWS (0: cuBLAS for every projection)')
-    ap.add_argument('--splitk-prologues', type=int, default=None, help='SPLITK_PROLOGUES (0 or 1)')
     ap.add_argument('--bucket', type=int, default=64); ap.add_argument('--out', default='sampling_profile.json')
     args = ap.parse_args()
-    if args.splitk_rows is not None: sampling.SPLITK_ROWS = args.splitk_rows
-    if args.splitk_prologues is not None: sampling.SPLITK_PROLOGUES = bool(args.splitk_prologues)
     torch.manual_seed(0)
     with torch.device('cuda'): model = CADRecode(qwen2_1_5b_config()).to(torch.bfloat16).eval()
     rows, length = args.parts * args.candidates, -(-(args.slot + args.steps) // args.bucket) * args.bucket

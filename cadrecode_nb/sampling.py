@@ -6,7 +6,6 @@
 from __future__ import annotations
 from types import SimpleNamespace
 from typing import NamedTuple
-import math
 import torch
 import torch.nn.functional as F
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -17,13 +16,12 @@ except ImportError: AuxRequest = None
 from .model import CACHE_ARG, CADRecode, _generated_length, prompt_embeds
 
 # %% auto #0
-__all__ = ['SUFFIX_TILES', 'DECODE_TILES', 'SPLITK_ROWS', 'SPLITK_PROLOGUES', 'SPLITK_TILES', 'PLAIN', 'MERGED', 'GATED',
-           'MAX_COLUMN_TILES', 'GATE_UP_TRANSPOSED_ROWS', 'ATTENTIONS', 'kv_bytes_per_position', 'decode_step_bytes',
+__all__ = ['SUFFIX_TILES', 'DECODE_TILES', 'GATE_UP_TRANSPOSED_ROWS', 'ATTENTIONS', 'kv_bytes_per_position', 'decode_step_bytes',
            'logits_warpers', 'draw_noise', 'pick_tokens', 'prefill_parts', 'shared_prefix_attention',
            'flex_prefix_attention', 'queries_by_part', 'prefix_flash_attention', 'suffix_flash_attention',
            'merge_prefix_suffix', 'suffix_triton_attention', 'decode_attention_matmul', 'merge_splits', 'decode_splits',
-           'decode_attention', 'splitk_arrivals', 'splitk_tiles', 'splitk_linear', 'DecodeWeights',
-           'fused_projection_weights', 'refresh_fused_weights', 'SharedPromptDecoder', 'shared_prompt_decode']
+           'decode_attention', 'DecodeWeights', 'fused_projection_weights', 'refresh_fused_weights',
+           'SharedPromptDecoder', 'shared_prompt_decode']
 
 # %% ../nbs/02a_sampling.ipynb #ec98bffb
 def kv_bytes_per_position(config, dtype_bytes: int = 2) -> int:
@@ -292,7 +290,7 @@ if triton is not None:
     def _decode_attention_kernel(QKV, PK, PV, SK, SV, Cos, Sin, Used, Out, Lse, scale, P, L, CANDIDATES,
                                  stride_qkv, stride_pb, stride_pp, stride_s,
                                  HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr,
-                                 BLOCK_N: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):
+                                 BLOCK_N: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, ONE_LOOP: tl.constexpr = False):
         row, head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         g, d, n = tl.arange(0, BLOCK_G), tl.arange(0, D), tl.arange(0, BLOCK_N)
         newest = tl.load(Used + row) - 1                                   # the newest token's slot
@@ -315,18 +313,28 @@ if triton is not None:
         m_i = tl.full([BLOCK_G], float('-inf'), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, D], tl.float32)
-        for start in range(lo, prompt_end, BLOCK_N):                       # the part's prompt
-            keys = start + n
-            valid = keys < prompt_end
-            at = (row // CANDIDATES) * stride_pb + keys[:, None] * stride_pp + head * D + d[None, :]
-            m_i, l_i, acc = _softmax_block(q, tl.load(PK + at, mask=valid[:, None], other=0.0),
-                                           tl.load(PV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
-        for start in range(tl.maximum(lo, P), hi, BLOCK_N):               # the row's own slots
-            keys = start + n
-            valid = keys < hi
-            at = (row * L + keys - P)[:, None] * stride_s + head * D + d[None, :]
-            m_i, l_i, acc = _softmax_block(q, tl.load(SK + at, mask=valid[:, None], other=0.0),
-                                           tl.load(SV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
+        if ONE_LOOP:   # one pipelined loop over the range: each key from the prompt or the row's slots
+            for start in range(lo, hi, BLOCK_N):
+                keys = start + n
+                valid, in_prompt = keys < hi, (keys < P)[:, None]
+                p_at = (row // CANDIDATES) * stride_pb + keys[:, None] * stride_pp + head * D + d[None, :]
+                s_at = (row * L + keys - P)[:, None] * stride_s + head * D + d[None, :]
+                m_i, l_i, acc = _softmax_block(q, tl.load(tl.where(in_prompt, PK + p_at, SK + s_at), mask=valid[:, None], other=0.0),
+                                               tl.load(tl.where(in_prompt, PV + p_at, SV + s_at), mask=valid[:, None], other=0.0),
+                                               valid, scale, m_i, l_i, acc)
+        else:
+            for start in range(lo, prompt_end, BLOCK_N):                       # the part's prompt
+                keys = start + n
+                valid = keys < prompt_end
+                at = (row // CANDIDATES) * stride_pb + keys[:, None] * stride_pp + head * D + d[None, :]
+                m_i, l_i, acc = _softmax_block(q, tl.load(PK + at, mask=valid[:, None], other=0.0),
+                                               tl.load(PV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
+            for start in range(tl.maximum(lo, P), hi, BLOCK_N):               # the row's own slots
+                keys = start + n
+                valid = keys < hi
+                at = (row * L + keys - P)[:, None] * stride_s + head * D + d[None, :]
+                m_i, l_i, acc = _softmax_block(q, tl.load(SK + at, mask=valid[:, None], other=0.0),
+                                               tl.load(SV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
         if split == SPLITS - 1:
             m_i, l_i, acc = _softmax_block(q, k_new, v_new, first, scale, m_i, l_i, acc)
         filled = l_i > 0                                                   # early in a run, some ranges are empty
@@ -373,152 +381,6 @@ def _head_and_pick(model, x, done, allow_end, end_id: int, pad_id: int, warpers:
     nxt, done, scores = pick_tokens(model.lm_head(model.model.norm(x))[:, 0], done, allow_end, end_id, pad_id, warpers, noise)
     return nxt, done, (scores if keep_scores else None)
 
-# %% ../nbs/02a_sampling.ipynb #fe84e93f
-SPLITK_ROWS = 64          # up to this many rows per step, the q/k/v, output and down projections run in `splitk_linear` on a GPU
-SPLITK_PROLOGUES = True   # and the key ranges' merge and silu(gate) * up are computed as their inputs are loaded
-# tiles per (out, in) features, measured at 64 rows on an H200 (bench/decode_kernels.py --parts splitk): Qwen2-1.5B's shapes
-SPLITK_TILES = {(2048, 1536): dict(BLOCK_N=32, BLOCK_K=128, SPLIT_K=4, num_warps=4, num_stages=3),
-                (1536, 1536): dict(BLOCK_N=32, BLOCK_K=64, SPLIT_K=8, num_warps=4, num_stages=3),
-                (1536, 8960): dict(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4, num_stages=3)}
-PLAIN, MERGED, GATED = 0, 1, 2   # what the kernel's inputs are: x itself, key ranges to merge, gate and up side by side
-
-if triton is not None:
-    @triton.jit
-    def _splitk_inputs(X, Lse, m, k, row_ok, k_ok, head, stride_x, K,
-                       PROLOGUE: tl.constexpr, SPLITS: tl.constexpr, HEADS: tl.constexpr, dtype: tl.constexpr):
-        "A tile of the matmul's inputs: X itself, the key ranges' attentions merged (`merge_splits`), or silu(gate) * up."
-        mask = row_ok[:, None] & k_ok[None, :]
-        at = X + m[:, None] * stride_x + k[None, :]
-        if PROLOGUE == 1:      # X: (M, SPLITS, K) float32 attentions, Lse: (M, SPLITS, HEADS): a softmax over the ranges
-            top = tl.full([m.shape[0]], float('-inf'), tl.float32)
-            for s in tl.static_range(SPLITS):
-                top = tl.maximum(top, tl.load(Lse + (m * SPLITS + s) * HEADS + head, mask=row_ok, other=0.0))
-            total = tl.zeros([m.shape[0]], tl.float32)
-            x = tl.zeros([m.shape[0], k.shape[0]], tl.float32)
-            for s in tl.static_range(SPLITS):
-                weight = tl.exp(tl.load(Lse + (m * SPLITS + s) * HEADS + head, mask=row_ok, other=0.0) - top)
-                total += weight
-                x += weight[:, None] * tl.load(at + s * K, mask=mask, other=0.0)
-            return (x / total[:, None]).to(dtype)
-        elif PROLOGUE == 2:    # X: (M, 2K), the gate projections then the up projections
-            gate = tl.load(at, mask=mask, other=0.0).to(tl.float32)
-            return (gate * tl.sigmoid(gate) * tl.load(at + K, mask=mask, other=0.0).to(tl.float32)).to(dtype)
-        else:
-            return tl.load(at, mask=mask, other=0.0)
-
-    @triton.jit
-    def _splitk_linear_kernel(X, Lse, W, Bias, Residual, Out, Partial, Arrived, M, N, K, stride_x, stride_w, stride_r, stride_o,
-                              PROLOGUE: tl.constexpr, SPLITS: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                              HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PRECISION: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
-        tile, split = tl.program_id(0), tl.program_id(1)   # BLOCK_N outputs of all M rows, over one slice of the inputs
-        m, kk = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_K)
-        n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-        lo = split * per_split
-        hi = tl.minimum(lo + per_split, K)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for start in range(lo, hi, BLOCK_K):
-            k = start + kk
-            x = _splitk_inputs(X, Lse, m, k, m < M, k < hi, start // HEAD_DIM, stride_x, K, PROLOGUE, SPLITS, HEADS,
-                               W.dtype.element_ty)
-            w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=(n < N)[:, None] & (k < hi)[None, :], other=0.0)
-            acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
-        mask = (m < M)[:, None] & (n < N)[None, :]
-        last = True
-        if SPLIT_K > 1:
-            partial = Partial + m[:, None] * N + n[None, :]
-            tl.store(partial + split * M * N, acc, mask=mask)
-            tl.debug_barrier()                                     # all of this program's sums stored before it counts itself
-            last = tl.atomic_add(Arrived + tile, 1, sem='acq_rel') == SPLIT_K - 1
-            if last:                                               # the column's last slice to finish adds all of them,
-                acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)     # always in the same order: runs are reproducible
-                for s in tl.static_range(SPLIT_K):
-                    acc += tl.load(partial + s * M * N, mask=mask, other=0.0, cache_modifier='.cg')
-                tl.atomic_xchg(Arrived + tile, 0)                  # the count back at zero for the next call
-        if last:
-            if HAS_BIAS: acc += tl.load(Bias + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
-            if HAS_RESIDUAL: acc += tl.load(Residual + m[:, None] * stride_r + n[None, :], mask=mask, other=0.0).to(tl.float32)
-            tl.store(Out + m[:, None] * stride_o + n[None, :], acc.to(Out.dtype.element_ty), mask=mask)
-
-MAX_COLUMN_TILES = 4096
-_ARRIVALS = {}   # device -> the kernel's per-column counts: zero between calls, each call's last program resets its own
-
-def splitk_arrivals(device: torch.device) -> torch.Tensor:
-    "The device's arrival counts, made once, outside any CUDA graph capture (a graph's private memory would be reused)."
-    device = torch.device(device)
-    if device not in _ARRIVALS:
-        if device.type == 'cuda' and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("splitk_linear's counts are made on first use, which must not be inside a CUDA graph capture: "
-                               "call splitk_arrivals(device) before capturing")
-        _ARRIVALS[device] = torch.zeros(MAX_COLUMN_TILES, dtype=torch.int32, device=device)
-    return _ARRIVALS[device]
-
-def splitk_tiles(out_features: int, in_features: int, sms: int) -> dict:
-    "`SPLITK_TILES` for a measured shape, else 32 outputs per program and the inputs split in two until the programs fill the SMs."
-    if (out_features, in_features) in SPLITK_TILES: return SPLITK_TILES[out_features, in_features]
-    tiles, split = dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=3), 1
-    while -(-out_features // 32) * split < sms and in_features // (2 * split) >= 64 and split < 16: split *= 2
-    return {**tiles, 'SPLIT_K': split}
-
-def _splitk_inputs_reference(x, weight, lse, prologue: int) -> torch.Tensor:
-    "The inputs the kernel's prologue computes, in torch (CPU, tests)."
-    if prologue == MERGED: return merge_splits(x, lse, weight.dtype)
-    if prologue == GATED:
-        gate, up = x.float().chunk(2, -1)
-        return (F.silu(gate) * up).to(weight.dtype)
-    return x
-
-def _splitk_launch(x, weight, bias, residual, lse, prologue: int, tiles: dict | None) -> torch.Tensor:
-    "Launch `_splitk_linear_kernel`: x (M, K), (M, S*K) key ranges or (M, 2K) gate/up; weight (N, K); residual (M, N)."
-    rows, (n, k) = x.shape[0], weight.shape
-    if rows > 64: raise ValueError(f"splitk_linear is for up to 64 rows (all rows in one tile), got {rows}")
-    t = dict(tiles or splitk_tiles(n, k, torch.cuda.get_device_properties(x.device).multi_processor_count))
-    split, splits, heads = t.pop('SPLIT_K'), *(lse.shape[1:] if prologue == MERGED else (1, 1))
-    head_dim = k // heads if prologue == MERGED else t['BLOCK_K']
-    t['BLOCK_K'] = math.gcd(t['BLOCK_K'], head_dim)   # merging: a K block within one head
-    if t['BLOCK_K'] < 16: raise ValueError(f"splitk_linear: a K block of {t['BLOCK_K']} (head dimension {head_dim}); tl.dot needs 16")
-    column_tiles = -(-n // t['BLOCK_N'])
-    if column_tiles > MAX_COLUMN_TILES: raise ValueError(f"{n} outputs in {t['BLOCK_N']}-wide tiles exceed {MAX_COLUMN_TILES} counts")
-    out = torch.empty(rows, n, device=x.device, dtype=weight.dtype)
-    partial = torch.empty(split, rows, n, device=x.device, dtype=torch.float32) if split > 1 else out
-    _splitk_linear_kernel[(column_tiles, split)](
-        x, x if lse is None else lse, weight, x if bias is None else bias, x if residual is None else residual, out, partial,
-        splitk_arrivals(x.device), rows, n, k, x.stride(0), weight.stride(0), 0 if residual is None else residual.stride(0),
-        out.stride(0), PROLOGUE=prologue, SPLITS=splits, HEADS=heads, HEAD_DIM=head_dim, HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, PRECISION='ieee' if weight.dtype == torch.float32 else 'tf32',
-        BLOCK_M=max(16, triton.next_power_of_2(rows)), SPLIT_K=split, **t)
-    return out
-
-@torch.library.custom_op('cadrecode_nb::splitk_linear', mutates_args=())
-def _splitk_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
-                      lse: torch.Tensor | None, prologue: int) -> torch.Tensor:
-    if triton is not None and x.is_cuda: return _splitk_launch(x, weight, bias, residual, lse, prologue, None)
-    inputs = _splitk_inputs_reference(x if lse is None else x.view(len(x), *lse.shape[1:], -1), weight, lse, prologue)
-    out = F.linear(inputs.float(), weight.float(), None if bias is None else bias.float())   # the kernel's sums, in float32
-    return (out if residual is None else out + residual.float()).to(weight.dtype)
-
-@_splitk_linear_op.register_fake
-def _(x, weight, bias, residual, lse, prologue): return x.new_empty(x.shape[0], weight.shape[0], dtype=weight.dtype)
-
-def splitk_linear(x: torch.Tensor,                        # (..., K); (R, S, Hq, D) key ranges with `merge_lse`; (..., 2K) if `gated`
-                  weight: torch.Tensor,                   # (N, K)
-                  bias: torch.Tensor | None = None,       # (N,)
-                  residual: torch.Tensor | None = None,   # added to the result, whose shape it gives
-                  merge_lse: torch.Tensor | None = None,  # (R, S, Hq): x's ranges are merged first, as `merge_splits` does
-                  gated: bool = False,                    # x is gate and up side by side: the inputs are silu(gate) * up
-                  tiles: dict | None = None,              # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages (None: `splitk_tiles`)
-                 ) -> torch.Tensor:                       # residual + inputs @ weight.T + bias, summed in float32, rounded once
-    "`F.linear` for at most 64 rows: split-K in one Triton kernel that adds its own partial sums (on a GPU; float32 sums elsewhere)."
-    prologue = MERGED if merge_lse is not None else GATED if gated else PLAIN
-    lead = x.shape[:-3] if prologue == MERGED else x.shape[:-1]
-    x2 = x.reshape(math.prod(lead), -1).contiguous()      # no copies for the decoder's tensors
-    r2 = None if residual is None else residual.reshape(-1, weight.shape[0]).contiguous()
-    lse = None if merge_lse is None else merge_lse.contiguous()
-    if tiles is None: out = _splitk_linear_op(x2, weight, bias, r2, lse, prologue)
-    else: out = _splitk_launch(x2, weight, bias, r2, lse, prologue, tiles)
-    return out.view(residual.shape if residual is not None else (*lead, weight.shape[0]))
-
 # %% ../nbs/02a_sampling.ipynb #bdef4360
 GATE_UP_TRANSPOSED_ROWS = 64   # up to this many rows per step the gate/up copy is input-major (measured faster at 64)
 
@@ -528,10 +390,8 @@ class DecodeWeights(NamedTuple):
     qkv_bias: torch.Tensor | None
     gate_up: torch.Tensor             # (2I, H), or (H, 2I) when `transposed`
     transposed: bool = False
-    splitk: bool = False              # q/k/v, output and down projections in `splitk_linear`, residuals in its epilogue
-    prologues: bool = False           # and the key ranges' merge and silu(gate) * up in its prologue
 
-def fused_projection_weights(layer, transposed: bool = False, splitk: bool = False, prologues: bool = False) -> DecodeWeights | None:
+def fused_projection_weights(layer, transposed: bool = False) -> DecodeWeights | None:
     "Buffers for the layer's q/k/v weights and biases and its gate/up weights, concatenated; None unless they are plain `nn.Linear`s."
     attn, mlp = layer.self_attn, layer.mlp
     projections = (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)
@@ -540,9 +400,7 @@ def fused_projection_weights(layer, transposed: bool = False, splitk: bool = Fal
     qkv = torch.cat([p.weight for p in projections[:3]])
     bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections[:3]])
     gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-    splitk = splitk and all(type(p) is torch.nn.Linear for p in (attn.o_proj, mlp.down_proj))   # they are read in place
-    prologues = splitk and prologues and getattr(getattr(mlp, 'config', None), 'hidden_act', None) == 'silu'
-    return DecodeWeights(qkv, bias, gate_up.t().contiguous() if transposed else gate_up, transposed, splitk, prologues)
+    return DecodeWeights(qkv, bias, gate_up.t().contiguous() if transposed else gate_up, transposed)
 
 def refresh_fused_weights(layer, fused: DecodeWeights) -> None:
     "Copy the layer's current weights into its concatenated buffers (the model may have been trained since)."
@@ -552,32 +410,19 @@ def refresh_fused_weights(layer, fused: DecodeWeights) -> None:
     if fused.transposed: torch.cat([mlp.gate_proj.weight.t(), mlp.up_proj.weight.t()], 1, out=fused.gate_up)
     else: torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], out=fused.gate_up)
 
-def _qkv(h: torch.Tensor, fused: DecodeWeights) -> torch.Tensor:
-    "The q, k, v projections side by side: one matmul over the concatenated weights."
-    return (splitk_linear if fused.splitk else F.linear)(h, fused.qkv, fused.qkv_bias)
-
 def _projections(layer, h: torch.Tensor, fused: DecodeWeights | None) -> tuple:
     "q, k, v of the normed input: the layer's three projections, or one matmul over their concatenated weights."
     attn = layer.self_attn
     if fused is None: return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-    return _qkv(h, fused).split([attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features], -1)
+    sizes = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+    return F.linear(h, fused.qkv, fused.qkv_bias).split(sizes, -1)
 
-def _attention_output(layer, x: torch.Tensor, o: torch.Tensor, fused: DecodeWeights | None) -> torch.Tensor:
-    "x + o_proj(o), the add in `splitk_linear`'s epilogue when `fused.splitk`."
-    o_proj = layer.self_attn.o_proj
-    return splitk_linear(o, o_proj.weight, o_proj.bias, x) if fused is not None and fused.splitk else x + o_proj(o)
-
-def _mlp(layer, h: torch.Tensor, fused: DecodeWeights | None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    "Qwen2's MLP, down(act(gate(h)) * up(h)), plus `residual` if given; gate and up as one matmul when fused."
+def _mlp(layer, h: torch.Tensor, fused: DecodeWeights | None) -> torch.Tensor:
+    "Qwen2's MLP, down(act(gate(h)) * up(h)), with gate and up as one matmul when fused."
     mlp = layer.mlp
-    if fused is None: out = mlp(h)
-    else:
-        gate_up = h @ fused.gate_up if fused.transposed else F.linear(h, fused.gate_up)
-        if fused.prologues: return splitk_linear(gate_up, mlp.down_proj.weight, mlp.down_proj.bias, residual, gated=True)
-        gate, up = gate_up.chunk(2, -1)
-        if fused.splitk: return splitk_linear(mlp.act_fn(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias, residual)
-        out = mlp.down_proj(mlp.act_fn(gate) * up)
-    return out if residual is None else residual + out
+    if fused is None: return mlp(h)
+    gate, up = (h @ fused.gate_up if fused.transposed else F.linear(h, fused.gate_up)).chunk(2, -1)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
 
 def _flash_inputs(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, candidates: int, fused=None) -> tuple:
     "A layer up to its attention in the flash layouts: q per row (R*G, Hkv, D) and per part (B, k*G, Hkv, D); k, v (R, Hkv, D)."
@@ -589,20 +434,18 @@ def _flash_inputs(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
 
 def _flash_output_and_mlp(layer, x: torch.Tensor, o1, lse1, o2, lse2, fused=None) -> torch.Tensor:
     "The merge, then the rest of the layer as `_attention_output_and_mlp`."
-    x = _attention_output(layer, x, merge_prefix_suffix(o1, lse1, o2, lse2, x.shape[0]).reshape(x.shape[0], 1, -1), fused)
-    return _mlp(layer, layer.post_attention_layernorm(x), fused, residual=x)
+    x = x + layer.self_attn.o_proj(merge_prefix_suffix(o1, lse1, o2, lse2, x.shape[0]).reshape(x.shape[0], 1, -1))
+    return x + _mlp(layer, layer.post_attention_layernorm(x), fused)
 
 def _fused_inputs(layer, x: torch.Tensor, fused=None) -> torch.Tensor:
     "A layer up to `decode_attention`: the normed input's q, k, v projections side by side, (R, (Hq + 2 Hkv) D), no RoPE."
     h = layer.input_layernorm(x)[:, 0]
-    return torch.cat(_projections(layer, h, None), -1) if fused is None else _qkv(h, fused)
+    return torch.cat(_projections(layer, h, None), -1) if fused is None else F.linear(h, fused.qkv, fused.qkv_bias)
 
 def _fused_output_and_mlp(layer, x: torch.Tensor, out, lse, fused=None) -> torch.Tensor:
     "The key ranges merged, then the rest of the layer as `_attention_output_and_mlp`."
-    if fused is not None and fused.prologues:   # the merge in the output projection's prologue
-        x = splitk_linear(out, layer.self_attn.o_proj.weight, layer.self_attn.o_proj.bias, x, merge_lse=lse)
-    else: x = _attention_output(layer, x, merge_splits(out, lse, x.dtype)[:, None], fused)
-    return _mlp(layer, layer.post_attention_layernorm(x), fused, residual=x)
+    x = x + layer.self_attn.o_proj(merge_splits(out, lse, x.dtype)[:, None])
+    return x + _mlp(layer, layer.post_attention_layernorm(x), fused)
 
 # one piece from a layer's attention output to the next layer's attention input: compiled, the residual add of the
 # MLP fuses into the next layer's norm instead of being a kernel of its own between two compiled pieces
@@ -672,9 +515,7 @@ class SharedPromptDecoder:
             self.cu_q, self.cu_k, self.row_starts = rows_i32 * g, rows_i32 * length, rows_i32[:-1].long() * length
             self.used = torch.zeros(self.rows, dtype=torch.int32, device=dev)
             transposed = dev.type == 'cuda' and self.rows <= GATE_UP_TRANSPOSED_ROWS
-            splitk = dev.type == 'cuda' and triton is not None and self.rows <= SPLITK_ROWS
-            if splitk: splitk_arrivals(dev)   # made now: the step may first run inside a graph capture
-            self.fused = [fused_projection_weights(layer, transposed, splitk, SPLITK_PROLOGUES) for layer in model.model.layers]
+            self.fused = [fused_projection_weights(layer, transposed) for layer in model.model.layers]
             self.splits = splits or decode_splits(self.rows, hkv, dev)   # 'fused': key ranges per row
         positions = torch.arange(prompt_len, prompt_len + length, device=dev)[None]
         self.cos, self.sin = model.model.rotary_emb(zeros(1), positions)   # (1, length, D): each position once

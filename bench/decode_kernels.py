@@ -191,7 +191,7 @@ def compiled_decode_kernel(qkv, cache, cos, sin, used, hq, d, row) -> dict:
     kernel = _decode_attention_kernel[(rows, hkv, row['splits'])](
         qkv, pk, pv, sk, sv, cos, sin, used, out, lse, d ** -0.5, pk.shape[1], sk.shape[0] // rows, 1, qkv.stride(0),
         pk.stride(0), pk.stride(1), sk.stride(0), HQ=hq, HKV=hkv, G=hq // hkv, BLOCK_G=16, D=d, SPLITS=row['splits'],
-        BLOCK_N=row['BLOCK_N'], num_warps=row['num_warps'], num_stages=row['num_stages'], ONE_LOOP=row['ONE_LOOP'])
+        BLOCK_N=row['BLOCK_N'], num_warps=row['num_warps'], num_stages=row['num_stages'])
     ttgir = kernel.asm.get('ttgir', '')
     return dict(shared_bytes=kernel.metadata.shared, async_copies=ttgir.count('async_copy'), tma_loads=ttgir.count('async_tma'))
 
@@ -204,16 +204,15 @@ def decode_tiles(args, record, rows=64, prompt_len=257, length=768, hq=12, hkv=2
     caches = [(bf(rows, prompt_len, hkv, d), bf(rows, prompt_len, hkv, d), bf(rows * length, hkv, d), bf(rows * length, hkv, d))
               for _ in range(LAYERS)]
     configs = ([tuple(map(int, c.split('/'))) for c in args.decode_configs.split(',')] if args.decode_configs
-               else itertools.product((1, 2, 4), (32, 64, 128), (2, 4, 8), (2, 3, 4), (0, 1)))
-    configs = [c if len(c) == 5 else (*c, 0) for c in configs]   # the fifth: ONE_LOOP
+               else itertools.product((1, 2, 4), (32, 64, 128), (2, 4, 8), (2, 3, 4)))
     for filled in map(int, args.decode_filled.split(',')):
         used = torch.full((rows,), filled, device='cuda', dtype=torch.int32)
         floor = LAYERS * (rows * (prompt_len + filled)) * hkv * d * 2 * 2 / args.bandwidth * 1e3
         best = None
-        for splits, block_n, warps, stages, one_loop in configs:
-            tiles = dict(BLOCK_N=block_n, num_warps=warps, num_stages=stages, ONE_LOOP=bool(one_loop))
+        for splits, block_n, warps, stages in configs:
+            tiles = dict(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
             row = dict(rows=rows, filled=filled, splits=splits, **tiles, bytes_floor_ms=round(floor, 3),
-                       current=tiles == {'ONE_LOOP': False, **DECODE_TILES} and splits == decode_splits(rows, hkv, torch.device('cuda')))
+                       current=tiles == DECODE_TILES and splits == decode_splits(rows, hkv, torch.device('cuda')))
             try: row['ms'] = graph_ms(lambda i: decode_attention(qkv, *caches[i], cos, sin, used, 1, hq, d ** -0.5,
                                                                  splits, tiles), args.repeats, args.reps)
             except Exception as e: row['error'] = f'{type(e).__name__}: {str(e)[:160]}'

@@ -31,7 +31,7 @@ A CPU smoke run (a tiny model, seconds):
         --greedy-tokens 24 --greedy-batch 4 --old-rows 4 --variants graphed --out /tmp/sampling_smoke.json
 (on a CPU both variants run the same eager code; the agreement checks dominate its time)
 """
-import argparse, gc, itertools, json, sys, time
+import argparse, gc, json, sys, time
 from pathlib import Path
 
 import torch
@@ -155,15 +155,13 @@ def fused_kernel_check(device, parts, candidates, prompt_len, length, hq, hkv, d
     o_ref, l_ref = decode_attention_matmul(qkv.float(), pk.float(), pv.float(), ref_k, ref_v, cos.float(), sin.float(), used,
                                            candidates, hq, d ** -0.5)
     res = {}
-    for splits, one_loop in itertools.product((1, 3, 8), (False, True)):   # the kernel's two loop structures
+    for splits in (1, 3, 8):
         k2, v2 = sk.clone(), sv.clone()
-        o, l = decode_attention(qkv, pk, pv, k2, v2, cos, sin, used, candidates, hq, d ** -0.5, splits,
-                                {**sampling.DECODE_TILES, 'ONE_LOOP': one_loop})
-        name = f'splits{splits}' + ('_one_loop' if one_loop else '')
-        res[f'fused_out_{name}'] = round(float((merge_splits(o, l, torch.float32) - o_ref.flatten(1)).abs().max()), 5)
-        res[f'fused_lse_{name}'] = round(float((torch.logsumexp(l, 1) - l_ref[:, 0]).abs().max()), 5)
-        res[f'fused_cache_k_{name}'] = round(float((k2.float() - ref_k).abs().max()), 5)
-        res[f'fused_cache_v_{name}'] = round(float((v2.float() - ref_v).abs().max()), 5)
+        o, l = decode_attention(qkv, pk, pv, k2, v2, cos, sin, used, candidates, hq, d ** -0.5, splits)
+        res[f'fused_out_splits{splits}'] = round(float((merge_splits(o, l, torch.float32) - o_ref.flatten(1)).abs().max()), 5)
+        res[f'fused_lse_splits{splits}'] = round(float((torch.logsumexp(l, 1) - l_ref[:, 0]).abs().max()), 5)
+        res[f'fused_cache_k_splits{splits}'] = round(float((k2.float() - ref_k).abs().max()), 5)
+        res[f'fused_cache_v_splits{splits}'] = round(float((v2.float() - ref_v).abs().max()), 5)
     return res
 
 
@@ -294,7 +292,7 @@ def main():
                     help=f'new-path variants: {", ".join(VARIANTS)}; NAME:S for S key ranges per row')
     ap.add_argument('--transposed-rows', type=int, default=None,
                     help='GATE_UP_TRANSPOSED_ROWS: up to this many rows the gate/up copy is input-major (0: never)')
-    ap.add_argument('--decode-tiles', default='', help="BLOCK_N,num_warps,num_stages[,one loop 0/1] of the 'fused' kernel (default: DECODE_TILES)")
+    ap.add_argument('--decode-tiles', default='', help="BLOCK_N,num_warps,num_stages of the 'fused' kernel (default: DECODE_TILES)")
     ap.add_argument('--suffix-tiles', default='', help="BLOCK_N,num_warps,num_stages of the 'triton' suffix kernel (default: SUFFIX_TILES)")
     ap.add_argument('--greedy-tokens', type=int, default=768)
     ap.add_argument('--greedy-batch', default='64', help='greedy batches, comma-separated')
@@ -308,8 +306,7 @@ def main():
     device = torch.device(args.device)
     if args.transposed_rows is not None: sampling.GATE_UP_TRANSPOSED_ROWS = args.transposed_rows
     if args.decode_tiles:
-        block_n, warps, stages, *one_loop = map(int, args.decode_tiles.split(','))
-        sampling.DECODE_TILES = dict(BLOCK_N=block_n, num_warps=warps, num_stages=stages, ONE_LOOP=bool(one_loop and one_loop[0]))
+        sampling.DECODE_TILES = dict(zip(('BLOCK_N', 'num_warps', 'num_stages'), map(int, args.decode_tiles.split(','))))
     if args.suffix_tiles:
         sampling.SUFFIX_TILES = dict(zip(('BLOCK_N', 'num_warps', 'num_stages'), map(int, args.suffix_tiles.split(','))))
     import transformers

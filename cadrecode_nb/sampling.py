@@ -290,7 +290,7 @@ if triton is not None:
     def _decode_attention_kernel(QKV, PK, PV, SK, SV, Cos, Sin, Used, Out, Lse, scale, P, L, CANDIDATES,
                                  stride_qkv, stride_pb, stride_pp, stride_s,
                                  HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr,
-                                 BLOCK_N: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, ONE_LOOP: tl.constexpr = False):
+                                 BLOCK_N: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):
         row, head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         g, d, n = tl.arange(0, BLOCK_G), tl.arange(0, D), tl.arange(0, BLOCK_N)
         newest = tl.load(Used + row) - 1                                   # the newest token's slot
@@ -313,28 +313,18 @@ if triton is not None:
         m_i = tl.full([BLOCK_G], float('-inf'), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, D], tl.float32)
-        if ONE_LOOP:   # one pipelined loop over the range: each key from the prompt or the row's slots
-            for start in range(lo, hi, BLOCK_N):
-                keys = start + n
-                valid, in_prompt = keys < hi, (keys < P)[:, None]
-                p_at = (row // CANDIDATES) * stride_pb + keys[:, None] * stride_pp + head * D + d[None, :]
-                s_at = (row * L + keys - P)[:, None] * stride_s + head * D + d[None, :]
-                m_i, l_i, acc = _softmax_block(q, tl.load(tl.where(in_prompt, PK + p_at, SK + s_at), mask=valid[:, None], other=0.0),
-                                               tl.load(tl.where(in_prompt, PV + p_at, SV + s_at), mask=valid[:, None], other=0.0),
-                                               valid, scale, m_i, l_i, acc)
-        else:
-            for start in range(lo, prompt_end, BLOCK_N):                       # the part's prompt
-                keys = start + n
-                valid = keys < prompt_end
-                at = (row // CANDIDATES) * stride_pb + keys[:, None] * stride_pp + head * D + d[None, :]
-                m_i, l_i, acc = _softmax_block(q, tl.load(PK + at, mask=valid[:, None], other=0.0),
-                                               tl.load(PV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
-            for start in range(tl.maximum(lo, P), hi, BLOCK_N):               # the row's own slots
-                keys = start + n
-                valid = keys < hi
-                at = (row * L + keys - P)[:, None] * stride_s + head * D + d[None, :]
-                m_i, l_i, acc = _softmax_block(q, tl.load(SK + at, mask=valid[:, None], other=0.0),
-                                               tl.load(SV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
+        for start in range(lo, prompt_end, BLOCK_N):                       # the part's prompt
+            keys = start + n
+            valid = keys < prompt_end
+            at = (row // CANDIDATES) * stride_pb + keys[:, None] * stride_pp + head * D + d[None, :]
+            m_i, l_i, acc = _softmax_block(q, tl.load(PK + at, mask=valid[:, None], other=0.0),
+                                           tl.load(PV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
+        for start in range(tl.maximum(lo, P), hi, BLOCK_N):               # the row's own slots
+            keys = start + n
+            valid = keys < hi
+            at = (row * L + keys - P)[:, None] * stride_s + head * D + d[None, :]
+            m_i, l_i, acc = _softmax_block(q, tl.load(SK + at, mask=valid[:, None], other=0.0),
+                                           tl.load(SV + at, mask=valid[:, None], other=0.0), valid, scale, m_i, l_i, acc)
         if split == SPLITS - 1:
             m_i, l_i, acc = _softmax_block(q, k_new, v_new, first, scale, m_i, l_i, acc)
         filled = l_i > 0                                                   # early in a run, some ranges are empty
